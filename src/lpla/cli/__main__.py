@@ -1,0 +1,3 @@
+from lpla.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""Shared CLI helpers: turning user errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from lpla.errors import LplaError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Print an :class:`LplaError` as ``lpla: error: ...`` and exit 2, with no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LplaError as exc:
+            typer.echo(f"lpla: error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_csv(value: str, cast: Callable[[str], Any] = str) -> list[Any]:
+    """``"1,2,inf"`` -> ``[1.0, 2.0, inf]`` with ``cast=float``; clear error on bad items."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    out = []
+    for item in items:
+        try:
+            out.append(cast(item))
+        except ValueError:
+            raise LplaError(f"cannot read {item!r} in {value!r}") from None
+    return out
+
+
+def echo_err(msg: str) -> None:
+    print(msg, file=sys.stderr)
