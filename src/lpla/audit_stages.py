@@ -1,0 +1,225 @@
+"""The stages of :func:`lpla.audit.run_audit`, each cached in the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lpla.audit import AuditConfig, EncoderSpec, Stages
+from lpla.data.splits import MembershipSplit, make_split
+from lpla.errors import LplaError
+from lpla.evaluate import AttackSettings, EncoderAnswers, run_attacks
+from lpla.io import atomic_path, read_json, write_json_atomic
+
+
+@dataclasses.dataclass
+class Splits:
+    target: MembershipSplit
+    shadow: MembershipSplit  # the same object as target unless the shadow uses other data
+
+
+def _pool_size(dataset: str, root: str | None) -> int:
+    from lpla.data.registry import create_dataset
+
+    return len(create_dataset(dataset, split="train", root=root))
+
+
+def make_split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: Stages) -> Splits:
+    """One seeded split for target and shadow; a second one when the shadow's data differs."""
+    t_path, s_path = out / "split.json", out / "shadow_split.json"
+    other = sh.dataset is not None and sh.dataset != cfg.dataset
+    key = {"dataset": cfg.dataset, "members": cfg.members, "reference": cfg.reference, "seed": cfg.seed,
+           "shadow_dataset": sh.dataset if other else None}
+
+    def build() -> None:
+        split = make_split(cfg.dataset, _pool_size(cfg.dataset, cfg.data_root), members=cfg.members,
+                           seed=cfg.seed, reference=cfg.reference)
+        split.save(t_path)
+        if other:
+            assert sh.dataset is not None
+            sh_split = make_split(sh.dataset, _pool_size(sh.dataset, None), members=cfg.members,
+                                  seed=cfg.seed + 1, reference=cfg.reference)
+            sh_split.save(s_path)
+
+    stages.run("split", key, [t_path] + ([s_path] if other else []), build)
+    target = MembershipSplit.load(t_path)
+    return Splits(target, MembershipSplit.load(s_path) if other else target)
+
+
+def train_stage(cfg: AuditConfig, spec: EncoderSpec, role: str, splits: Splits, out: Path,
+                stages: Stages, device: str) -> None:
+    """Train (or resume) one encoder; a finished checkpoint with the same config is reused."""
+    from lpla.ssl.train import TrainConfig, train_encoder
+
+    split = splits.target if role == "target" else splits.shadow
+    split_file = out / ("split.json" if split is splits.target else "shadow_split.json")
+    enc_dir = out / role
+    tcfg = TrainConfig(
+        dataset=spec.dataset or cfg.dataset,
+        data_root=cfg.data_root if (spec.dataset or cfg.dataset) == cfg.dataset else None,
+        framework=spec.framework,
+        backbone=spec.backbone,
+        members=cfg.members,
+        epochs=spec.epochs,
+        seed=cfg.seed if role == "target" else cfg.seed + 1,
+        out=str(enc_dir),
+        role=role,
+        split=str(split_file),
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        temperature=spec.temperature,
+        augmentation=spec.augmentation,
+        crop_scale_min=spec.crop_scale_min,
+        jitter=spec.jitter,
+        device=device,
+        utility=cfg.utility and role == "target",
+        progress=True,
+    )
+    key = {"train": dataclasses.asdict(tcfg), "split": split.fingerprint()}
+
+    def train() -> None:
+        resume = (enc_dir / "train_state.safetensors").exists()
+        train_encoder(dataclasses.replace(tcfg, resume=resume))
+
+    stages.run(f"train_{role}", key, [enc_dir / "model.safetensors", enc_dir / "checkpoint.json"], train)
+
+
+def _embed(enc_dir: Path, dataset: str, root: str | None, indices: np.ndarray, member: np.ndarray,
+           cfg: AuditConfig, out_file: Path, stages: Stages, device: str, stage: str) -> Path:
+    from lpla.data.registry import create_dataset
+    from lpla.encoders import load_any_encoder
+    from lpla.query import embed_dataset
+
+    key = {"encoder": read_json(enc_dir / "checkpoint.json").get("split_fingerprint"),
+           "weights": (enc_dir / "model.safetensors").stat().st_mtime_ns, "dataset": dataset,
+           "indices": indices.tolist(), "views": cfg.views, "aug": cfg.query_augmentation,
+           "clean": cfg.clean_view0, "layer": cfg.layer, "seed": cfg.seed}
+
+    def run() -> None:
+        enc = load_any_encoder(str(enc_dir), device=device, layer=cfg.layer)
+        ds = create_dataset(dataset, split="train", root=root)
+        embed_dataset(enc, ds, indices, member=member, views=cfg.views,
+                      augmentation=cfg.query_augmentation or enc.augmentation or "weak",
+                      clean_view0=cfg.clean_view0, seed=cfg.seed, device=device, out=out_file,
+                      progress=False, meta={"role": stage})
+
+    stages.run(f"embed_{stage}", key, [out_file], run)
+    return out_file
+
+
+def embed_stage(cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path, stages: Stages,
+                device: str) -> tuple[EncoderAnswers, EncoderAnswers]:
+    """Query target and shadow with K views: candidates (members + non-members) and reference."""
+    from lpla.embeddings import open_embeddings
+
+    emb = out / "embeddings"
+    answers = []
+    for role, split, ds_name, root, m_role, n_role in (
+        ("target", splits.target, cfg.dataset, cfg.data_root, "target_member", "target_nonmember"),
+        ("shadow", splits.shadow, sh.dataset or cfg.dataset,
+         cfg.data_root if (sh.dataset or cfg.dataset) == cfg.dataset else None,
+         "shadow_member", "shadow_nonmember"),
+    ):
+        members, nonmembers = split.indices(m_role), split.indices(n_role)
+        idx = np.concatenate([members, nonmembers])
+        flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
+        cand = _embed(out / role, ds_name, root, idx, flag, cfg, emb / f"{role}_candidates.npz", stages,
+                      device, f"{role}_candidates")
+        ref_idx = split.indices("reference")
+        ref = None
+        if len(ref_idx):
+            ref = _embed(out / role, ds_name, root, ref_idx, np.zeros(len(ref_idx), np.int8), cfg,
+                         emb / f"{role}_reference.npz", stages, device, f"{role}_reference")
+        answers.append(EncoderAnswers(role, open_embeddings(cand),
+                                      open_embeddings(ref) if ref is not None else None))
+    return answers[0], answers[1]
+
+
+def attack_settings(cfg: AuditConfig) -> AttackSettings:
+    return AttackSettings(attacks=cfg.attacks, p=cfg.p, clean_view0=cfg.clean_view0,
+                          views_grid=cfg.views_grid, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+
+
+def attack_stage(cfg: AuditConfig, answers: tuple[EncoderAnswers, EncoderAnswers], out: Path) -> dict[str, Any]:
+    """Run every attack, then the same attacks behind each output-side defense."""
+    target, shadow = answers
+    settings = attack_settings(cfg)
+    run = run_attacks(target, [shadow], settings)
+    results = run.results
+    _save_scores(out / "scores.npz", run.target_member, run.scores)
+    _save_norms(out / "norms.npz", run)
+    if cfg.defenses:
+        results["defenses"] = {spec: _defended(spec, target, shadow, settings, cfg.seed)
+                               for spec in cfg.defenses}
+    results["split"] = {"dataset": cfg.dataset, "seed": cfg.seed,
+                        "sizes": {k: int(v) for k, v in _sizes(out).items()},
+                        "fingerprint": read_json(out / "split.json").get("fingerprint")}
+    return results
+
+
+def _sizes(out: Path) -> dict[str, int]:
+    return {role: len(ix) for role, ix in MembershipSplit.load(out / "split.json").roles.items()}
+
+
+def _defended(spec: str, target: EncoderAnswers, shadow: EncoderAnswers, settings: AttackSettings,
+              seed: int) -> dict[str, Any]:
+    """Attack embeddings passed through a defense; the attacker's shadow is defended the same way."""
+    from lpla.defenses import create_defense
+    from lpla.embeddings import EmbeddingsFile
+
+    defense = create_defense(spec)
+    rng = np.random.default_rng(seed)
+
+    def apply(e: EmbeddingsFile | None) -> EmbeddingsFile | None:
+        if e is None:
+            return None
+        return dataclasses.replace(e, embeddings=defense(np.asarray(e.embeddings, np.float32), rng))
+
+    t = EncoderAnswers(target.name, apply(target.candidates), apply(target.reference))  # type: ignore[arg-type]
+    s = EncoderAnswers(shadow.name, apply(shadow.candidates), apply(shadow.reference))  # type: ignore[arg-type]
+    run = run_attacks(t, [s], dataclasses.replace(settings, views_grid=()))
+    return {name: {k: v[k] for k in ("auc", "auc_ci95", "tpr_at_fpr", "advantage")}
+            for name, v in run.results["attacks"].items()}
+
+
+def _save_scores(path: Path, member: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        np.savez(tmp, member=member, **{k: np.asarray(v, np.float64) for k, v in scores.items()})
+
+
+def _save_norms(path: Path, run: Any) -> None:
+    stats = run.target_stats
+    arrays: dict[str, np.ndarray] = {
+        "p": np.asarray(stats.p, np.float64),
+        "mean_norm": stats.norms.mean(axis=1),
+        "member": run.target_member,
+    }
+    if stats.clean_view0:
+        arrays["clean_norm"] = stats.norms[:, 0, :]
+    if "cosine" in stats.sims and stats.sims["cosine"].shape[1]:
+        arrays["view_cosine"] = stats.sims["cosine"].mean(axis=1)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def utility_stage(cfg: AuditConfig, out: Path, stages: Stages, device: str) -> dict[str, Any]:
+    """Utility of the target: computed at the end of training and stored in its checkpoint."""
+    ckpt = read_json(out / "target" / "checkpoint.json")
+    util = ckpt.get("utility")
+    if util:
+        return dict(util)
+    from lpla.data.registry import create_dataset
+    from lpla.encoders import load_any_encoder
+    from lpla.utility import evaluate_utility
+
+    enc = load_any_encoder(str(out / "target"), device=device)
+    result = evaluate_utility(enc.module, create_dataset(cfg.dataset, "train", root=cfg.data_root),
+                              create_dataset(cfg.dataset, "test", root=cfg.data_root))
+    write_json_atomic(out / "utility.json", result)
+    if not result:
+        raise LplaError("utility evaluation returned nothing")
+    return dict(result)

@@ -1,0 +1,32 @@
+"""Terminal tables for attack results (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def print_attack_table(results: dict[str, Any], title: str = "membership inference") -> None:
+    table = Table(title=title, title_justify="left")
+    for col in ("attack", "AUC", "95% CI", "TPR@0.1%", "TPR@1%", "bal.acc", "bal.acc*", "adv."):
+        table.add_column(col, justify="right" if col != "attack" else "left")
+    rows = sorted(results.get("attacks", {}).items(), key=lambda kv: -kv[1]["auc"])
+    for name, r in rows:
+        lo, hi = r["auc_ci95"]
+        tpr = r.get("tpr_at_fpr", {})
+        table.add_row(name, _fmt(r["auc"]), f"[{lo:.3f}, {hi:.3f}]", _fmt(tpr.get("0.001")),
+                      _fmt(tpr.get("0.01")), _fmt(r.get("balanced_accuracy")),
+                      _fmt(r.get("balanced_accuracy_oracle")), _fmt(r.get("advantage")))
+    console = Console()
+    console.print(table)
+    console.print("bal.acc: at the threshold chosen on the shadow; bal.acc*: best threshold (oracle)")
+    util = results.get("utility")
+    if util:
+        console.print("utility: " + ", ".join(f"{k}={v:.3f}" for k, v in util.items()
+                                              if isinstance(v, float)))

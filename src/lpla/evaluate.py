@@ -1,0 +1,222 @@
+"""Run a set of attacks on one target and its shadow(s), and turn scores into metrics.
+
+This is the join between the query layer (embeddings) and the attack layer (statistics -> scores):
+``lpla attack`` and ``lpla audit`` both call :func:`run_attacks`. It takes embeddings files (or
+in-memory arrays), so it needs no training code and works on any user's precomputed embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lpla.attacks import ATTACKS, applicable_attacks, create_attack
+from lpla.attacks.features import AttackInput, QueryStats, compute_stats
+from lpla.embeddings import EmbeddingsFile
+from lpla.errors import LplaError
+from lpla.metrics import evaluate_scores
+
+DEFAULT_P: tuple[float, ...] = (1.0, 2.0, float("inf"))
+DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10)
+
+
+@dataclass
+class EncoderAnswers:
+    """One encoder's answers: candidate images (with known membership for shadows) + reference set."""
+
+    name: str
+    candidates: EmbeddingsFile
+    reference: EmbeddingsFile | None = None
+
+
+@dataclass
+class AttackSettings:
+    attacks: Sequence[str] | None = None  # None: every attack the inputs allow
+    p: Sequence[float] = DEFAULT_P
+    similarities: Sequence[str] = ("cosine",)
+    clean_view0: bool = False
+    views_grid: Sequence[int] = DEFAULT_KS
+    n_bootstrap: int = 1000
+    seed: int = 0
+    fprs: Sequence[float] = (0.001, 0.01)
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class AttackRun:
+    results: dict[str, Any]
+    scores: dict[str, np.ndarray]
+    target_stats: QueryStats
+    target_member: np.ndarray
+
+
+def _stats(emb: EmbeddingsFile, settings: AttackSettings) -> QueryStats:
+    return compute_stats(
+        emb.embeddings,
+        p=tuple(settings.p),
+        similarities=tuple(settings.similarities),
+        clean_view0=settings.clean_view0,
+    )
+
+
+def _as_input(answers: EncoderAnswers, settings: AttackSettings) -> tuple[AttackInput, list[str]]:
+    """Statistics for the candidates and the reference; falls back to self-calibration."""
+    notes: list[str] = []
+    stats = _stats(answers.candidates, settings)
+    if answers.reference is not None:
+        ref = _stats(answers.reference, settings)
+    else:
+        ref = stats
+        notes.append(
+            f"{answers.name}: no reference embeddings; features calibrated on the candidate set itself"
+        )
+    member = np.asarray(answers.candidates.member, dtype=np.int8)
+    index = np.asarray(answers.candidates.index, dtype=np.int64)
+    return AttackInput(stats=stats, member=member, index=index, reference=ref, name=answers.name), notes
+
+
+def check_compatible(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) -> None:
+    """Catch mismatches before any attack sees them, with the fix in the message."""
+    t = target.candidates.embeddings
+    for sh in shadows:
+        s = sh.candidates.embeddings
+        if s.shape[1] != t.shape[1]:
+            raise LplaError(
+                f"target has K={t.shape[1]} views per image but shadow {sh.name} has K={s.shape[1]}; "
+                "query both with the same --views"
+            )
+        m = np.asarray(sh.candidates.member)
+        if not (m == 1).any() or not (m == 0).any():
+            raise LplaError(
+                f"shadow {sh.name} needs both members and non-members (member=1 and member=0 rows); "
+                f"it has {(m == 1).sum()} members and {(m == 0).sum()} non-members"
+            )
+    tm = np.asarray(target.candidates.member)
+    if not (tm == 1).any() or not (tm == 0).any():
+        raise LplaError(
+            "the target's candidates need known membership to be evaluated (member=1 and member=0 rows); "
+            f"got {(tm == 1).sum()} members and {(tm == 0).sum()} non-members"
+        )
+    for ans in (target, *shadows):
+        if ans.reference is not None and ans.reference.embeddings.shape[2] != ans.candidates.embeddings.shape[2]:
+            raise LplaError(
+                f"{ans.name}: reference embeddings have D={ans.reference.embeddings.shape[2]} but candidates "
+                f"D={ans.candidates.embeddings.shape[2]}; they must come from the same encoder and layer"
+            )
+
+
+def _dims_note(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) -> list[str]:
+    d = target.candidates.embeddings.shape[2]
+    return [
+        f"shadow {sh.name} has D={sh.candidates.embeddings.shape[2]} vs target D={d}: only "
+        "dimension-free statistics (norms, similarities) are transferred"
+        for sh in shadows
+        if sh.candidates.embeddings.shape[2] != d
+    ]
+
+
+def run_attacks(
+    target: EncoderAnswers, shadows: Sequence[EncoderAnswers], settings: AttackSettings
+) -> AttackRun:
+    """Fit every chosen attack on the shadow(s), score the target, and compute the metrics."""
+    check_compatible(target, shadows)
+    k = int(target.candidates.embeddings.shape[1])
+    t_in, notes = _as_input(target, settings)
+    sh_inputs = []
+    for sh in shadows:
+        inp, n = _as_input(sh, settings)
+        sh_inputs.append(inp)
+        notes += n
+    notes += _dims_note(target, shadows)
+    names = list(settings.attacks) if settings.attacks else applicable_attacks(
+        k, len(sh_inputs), target.reference is not None
+    )
+    for name in names:
+        ATTACKS.get(name)
+    labels = (t_in.member == 1).astype(np.int64)
+    evaluated = t_in.member >= 0
+    results: dict[str, Any] = {}
+    scores: dict[str, np.ndarray] = {}
+    for name in names:
+        attack = _fit(name, sh_inputs, settings)
+        s = np.asarray(attack.score(t_in), dtype=np.float64)
+        scores[name] = s
+        entry = evaluate_scores(
+            s[evaluated],
+            labels[evaluated],
+            threshold=getattr(attack, "threshold_", None),
+            fprs=tuple(settings.fprs),
+            n_bootstrap=settings.n_bootstrap,
+            seed=settings.seed,
+        )
+        entry["params"] = _public_params(attack)
+        results[name] = entry
+    auc_vs_k = _auc_vs_views(names, t_in, sh_inputs, settings, k, labels, evaluated)
+    out = {"attacks": results, "auc_vs_views": auc_vs_k, "notes": notes, "views": k}
+    return AttackRun(out, scores, t_in.stats, t_in.member)
+
+
+def _fit(name: str, shadows: list[AttackInput], settings: AttackSettings) -> Any:
+    params = dict(settings.attack_params.get(name, {}))
+    attack = create_attack(name, **params)
+    need = int(getattr(attack, "min_shadows", 1) or 0)
+    if need > 1:
+        return attack.fit(shadows)
+    if need == 0 and not shadows:
+        return attack.fit(None)
+    if not shadows:
+        raise LplaError(f"attack {name!r} needs a shadow encoder; give --shadow or --shadow-embeddings")
+    return attack.fit(shadows if len(shadows) > 1 else shadows[0])
+
+
+def _public_params(attack: Any) -> dict[str, Any]:
+    get = getattr(attack, "get_params", None)
+    params = get() if callable(get) else dict(vars(attack))
+    return {k: v for k, v in params.items() if not k.endswith("_") and _jsonable(v)}
+
+
+def _jsonable(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str, list, tuple))
+
+
+def _auc_vs_views(
+    names: list[str],
+    target: AttackInput,
+    shadows: list[AttackInput],
+    settings: AttackSettings,
+    k: int,
+    labels: np.ndarray,
+    evaluated: np.ndarray,
+) -> dict[str, dict[str, float]]:
+    """Refit and rescore every attack on the first k views, for the query-budget plot."""
+    from sklearn.metrics import roc_auc_score
+
+    grid = sorted({v for v in settings.views_grid if 1 <= v <= k})
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        row: dict[str, float] = {}
+        for v in grid:
+            sub_t = _first_views(target, v)
+            sub_s = [_first_views(s, v) for s in shadows]
+            probe = create_attack(name, **settings.attack_params.get(name, {}))
+            if v < int(getattr(probe, "min_views", 1)):
+                continue
+            try:
+                attack = _fit(name, sub_s, settings)
+                s = attack.score(sub_t)
+            except LplaError:
+                continue
+            row[str(v)] = float(roc_auc_score(labels[evaluated], np.asarray(s)[evaluated]))
+        if row:
+            out[name] = row
+    return out
+
+
+def _first_views(inp: AttackInput, v: int) -> AttackInput:
+    ref = inp.reference.first_views(v) if inp.reference is not None else None
+    return AttackInput(
+        stats=inp.stats.first_views(v), member=inp.member, index=inp.index, reference=ref, name=inp.name
+    )

@@ -1,0 +1,57 @@
+"""Query one of our checkpoints on the images its own split manifest names.
+
+A checkpoint directory carries its membership split, so the attacker-side images are known:
+a target is queried on its members, held-out non-members and the reference set; a shadow on
+its own members and non-members (``shadow_*`` roles when it was trained as a shadow).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lpla.data.splits import MembershipSplit
+from lpla.errors import LplaError
+from lpla.evaluate import EncoderAnswers
+from lpla.io import read_json
+
+
+def query_checkpoint(enc_dir: Path, name: str, out_dir: Path, *, views: int, seed: int, device: str,
+                     clean_view0: bool, augmentation: str | None = None, layer: str = "backbone",
+                     data_root: str | None = None) -> EncoderAnswers:
+    from lpla.data.registry import create_dataset
+    from lpla.embeddings import open_embeddings
+    from lpla.encoders import load_any_encoder
+    from lpla.query import embed_dataset
+    from lpla.runtime import resolve_device
+
+    enc_dir = Path(enc_dir)
+    ckpt = read_json(enc_dir / "checkpoint.json", what="checkpoint metadata")
+    split_path = enc_dir / "split.json"
+    if not split_path.is_file():
+        raise LplaError(f"{enc_dir} has no split.json; attack its embeddings with --target-embeddings instead")
+    split = MembershipSplit.load(split_path)
+    config = ckpt.get("config", {})
+    role = config.get("role", "target")
+    prefix = "shadow" if role == "shadow" else "target"
+    members, nonmembers = split.indices(f"{prefix}_member"), split.indices(f"{prefix}_nonmember")
+    if len(members) == 0 or len(nonmembers) == 0:
+        raise LplaError(f"{enc_dir}: its split has no {prefix} members or non-members to query")
+    device = resolve_device(device)
+    enc = load_any_encoder(str(enc_dir), device=device, layer=layer)
+    ds = create_dataset(config.get("dataset", split.dataset), split="train",
+                        root=data_root or config.get("data_root"))
+    aug = augmentation or enc.augmentation or "weak"
+    idx = np.concatenate([members, nonmembers])
+    flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
+    cand = embed_dataset(enc, ds, idx, member=flag, views=views, augmentation=aug, clean_view0=clean_view0,
+                         seed=seed, device=device, out=out_dir / f"{name}_candidates.npz", progress=True)
+    ref_idx = split.indices("reference")
+    ref = None
+    if len(ref_idx):
+        ref = embed_dataset(enc, ds, ref_idx, member=np.zeros(len(ref_idx), np.int8), views=views,
+                            augmentation=aug, clean_view0=clean_view0, seed=seed, device=device,
+                            out=out_dir / f"{name}_reference.npz", progress=True)
+    return EncoderAnswers(name, open_embeddings(Path(str(cand))),
+                          open_embeddings(Path(str(ref))) if ref is not None else None)
