@@ -1,0 +1,247 @@
+"""`lpla study`: a grid of cached audits and the performance-privacy trade-off across it.
+
+Each cell of the grid (framework x backbone x epochs x knowledge setting) is one
+:func:`lpla.audit.run_audit` in its own directory, so a study resumes where it stopped. Cells that
+differ only in the attacker's knowledge share the target encoder: its trained weights and
+embeddings are copied from the ``same``-knowledge cell instead of being trained again.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lpla.audit import AuditConfig, EncoderSpec, run_audit
+from lpla.errors import LplaError
+from lpla.io import read_json, write_json_atomic, write_text_atomic
+from lpla.registry import Registry
+
+
+@dataclass
+class StudyGrid:
+    """The axes of a study; every combination is one audit."""
+
+    base: AuditConfig
+    frameworks: tuple[str, ...] = ("simclr",)
+    backbones: tuple[str, ...] = ("mlp",)
+    epochs: tuple[int, ...] = (300,)
+    knowledge: tuple[str, ...] = ("same",)
+    description: str = ""
+    # Per-backbone overrides of the target recipe (e.g. a smaller batch for a larger backbone).
+    backbone_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def cells(self) -> list[tuple[str, AuditConfig]]:
+        out = []
+        for fw, bb, ep, kn in itertools.product(self.frameworks, self.backbones, self.epochs, self.knowledge):
+            spec = dataclasses.replace(self.base.target, framework=fw, backbone=bb, epochs=ep,
+                                       **self.backbone_overrides.get(bb, {}))
+            cfg = dataclasses.replace(self.base, target=spec, knowledge=kn,
+                                      title=f"{fw} / {bb} / {ep} epochs / {kn}")
+            out.append((f"{fw}_{bb}_e{ep}_{kn.replace('+', '-')}", cfg))
+        return out
+
+
+PRESETS: Registry[Callable[[], StudyGrid]] = Registry("study preset")
+
+
+@PRESETS.register("cpu-quick", "4 frameworks x 2 training lengths on the embedded Fashion-MNIST + knowledge settings (2 CPU cores)")
+def _cpu_quick() -> StudyGrid:
+    base = AuditConfig(n_bootstrap=500)
+    return StudyGrid(
+        base=base,
+        frameworks=("simclr", "byol", "vicreg", "barlow-twins"),
+        backbones=("mlp",),
+        epochs=(50, 300),
+        knowledge=("same", "other-framework", "other-backbone"),
+        description="CPU scale: 128 members, MLP backbone, weak augmentation; both axes move with epochs.",
+    )
+
+
+@PRESETS.register("paper", "CIFAR-10 ResNet-18/50, 7 frameworks, hundreds of epochs (GPU)")
+def _paper() -> StudyGrid:
+    target = EncoderSpec(framework="simclr", backbone="resnet18", epochs=500, batch_size=512, lr=1e-3,
+                         augmentation="simclr", crop_scale_min=0.2, jitter=0.4)
+    base = AuditConfig(dataset="cifar10", members=10000, target=target, views=10, device="auto")
+    return StudyGrid(
+        base=base,
+        frameworks=("simclr", "moco-v2", "byol", "simsiam", "barlow-twins", "vicreg", "dino"),
+        backbones=("resnet18", "resnet50"),
+        epochs=(200, 500, 800),
+        knowledge=("same", "other-framework", "other-backbone", "other-data"),
+        description="Paper scale (GPU): CIFAR-10 with CIFAR-100 as other data; ResNet-18/50.",
+        backbone_overrides={"resnet50": {"batch_size": 256}},
+    )
+
+
+def _share_target(src: Path, dst: Path) -> None:
+    """Seed a cell with the target stages of a cell that differs only in the shadow."""
+    if not (src / "stages.json").exists():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    done = read_json(src / "stages.json")
+    keep = {k: v for k, v in done.items() if k == "split" or k.startswith(("train_target", "embed_target"))}
+    for name in ("split.json", "audit_config.json"):
+        if (src / name).exists() and not (dst / name).exists():
+            shutil.copy2(src / name, dst / name)
+    if (src / "target").exists() and not (dst / "target").exists():
+        shutil.copytree(src / "target", dst / "target")
+    (dst / "embeddings").mkdir(exist_ok=True)
+    for f in (src / "embeddings").glob("target_*.npz"):
+        if not (dst / "embeddings" / f.name).exists():
+            shutil.copy2(f, dst / "embeddings" / f.name)
+    if not (dst / "stages.json").exists():
+        write_json_atomic(dst / "stages.json", keep)
+
+
+def run_study(grid: StudyGrid, out: str | Path, *, log: Callable[[str], None] = print,
+              only: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) every cell, then write the table, the trade-off plot and the summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    cells = grid.cells()
+    for i, (name, cfg) in enumerate(cells, 1):
+        if only is not None and not only(name):
+            continue
+        cell_dir = out / "cells" / name
+        if cfg.knowledge != "same":
+            base_name = name.rsplit("_", 1)[0] + "_same"
+            _share_target(out / "cells" / base_name, cell_dir)
+        log(f"[{i}/{len(cells)}] {name}")
+        results = run_audit(cfg, cell_dir, log=lambda m: log("    " + m))
+        rows.extend(cell_rows(name, cfg, results))
+    write_study_outputs(rows, out, grid.description)
+    return rows
+
+
+def cell_rows(name: str, cfg: AuditConfig, results: dict[str, Any]) -> list[dict[str, Any]]:
+    util = results.get("utility") or {}
+    rows = []
+    for attack, r in results["attacks"].items():
+        rows.append({
+            "cell": name, "dataset": cfg.dataset, "framework": cfg.target.framework,
+            "backbone": cfg.target.backbone, "epochs": cfg.target.epochs, "knowledge": cfg.knowledge,
+            "attack": attack, "auc": r["auc"], "auc_lo": r["auc_ci95"][0], "auc_hi": r["auc_ci95"][1],
+            "tpr_at_1pct_fpr": r["tpr_at_fpr"].get("0.01"), "advantage": r["advantage"],
+            "linear_probe_acc": util.get("linear_probe_acc"), "knn_acc": util.get("knn_acc"),
+            "auc_vs_views": results.get("auc_vs_views", {}).get(attack, {}),
+        })
+    return rows
+
+
+_COLUMNS = ("cell", "framework", "backbone", "epochs", "knowledge", "attack", "auc", "auc_lo", "auc_hi",
+            "tpr_at_1pct_fpr", "advantage", "linear_probe_acc", "knn_acc")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def spearman(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
+    """Rank correlation and its p-value; None below 3 points or with constant input."""
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None, None
+    res = spearmanr(x, y)
+    return float(res.statistic), float(res.pvalue)
+
+
+def tradeoff_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per attack, over the `same`-knowledge encoders: rank correlation of leakage with utility."""
+    out: dict[str, Any] = {}
+    same = [r for r in rows if r["knowledge"] == "same" and r["linear_probe_acc"] is not None]
+    for attack in sorted({r["attack"] for r in same}):
+        pts = [r for r in same if r["attack"] == attack]
+        rho, pval = spearman([r["linear_probe_acc"] for r in pts], [r["auc"] for r in pts])
+        rho_t, _ = spearman([r["linear_probe_acc"] for r in pts],
+                            [r["tpr_at_1pct_fpr"] if r["tpr_at_1pct_fpr"] is not None else 0.0 for r in pts])
+        out[attack] = {"n_encoders": len(pts), "spearman_auc_vs_probe": rho, "p_value": pval,
+                       "spearman_tpr1_vs_probe": rho_t}
+    return out
+
+
+def knowledge_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean AUC per (attack, knowledge setting) over the grid's encoders."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        table.setdefault(r["attack"], {}).setdefault(r["knowledge"], []).append(r["auc"])
+    return {a: {k: float(np.mean(v)) for k, v in ks.items()} for a, ks in table.items()}
+
+
+def views_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean AUC per (attack, K) over the `same`-knowledge encoders."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["knowledge"] != "same":
+            continue
+        for k, v in r["auc_vs_views"].items():
+            acc.setdefault(r["attack"], {}).setdefault(k, []).append(v)
+    return {a: {k: float(np.mean(v)) for k, v in sorted(ks.items(), key=lambda kv: int(kv[0]))}
+            for a, ks in acc.items()}
+
+
+def write_study_outputs(rows: list[dict[str, Any]], out: Path, description: str = "") -> None:
+    if not rows:
+        raise LplaError("the study produced no results (every cell filtered out?)")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "study.csv", buf.getvalue())
+    summary = {"tradeoff": tradeoff_summary(rows), "auc_by_knowledge": knowledge_table(rows),
+               "auc_by_views": views_table(rows), "description": description, "rows": rows}
+    write_json_atomic(out / "study.json", summary)
+    write_text_atomic(out / "study.md", study_markdown(summary))
+    _plot(rows, summary, out)
+
+
+def study_markdown(summary: dict[str, Any]) -> str:
+    rows = summary["rows"]
+    lines = [f"# lpla study\n\n{summary.get('description', '')}\n", "## Every encoder and attack\n",
+             "| " + " | ".join(_COLUMNS[1:]) + " |", "|" + "---|" * (len(_COLUMNS) - 1)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in _COLUMNS[1:]) + " |" for r in rows]
+    lines += ["", "## Leakage vs utility (same knowledge): Spearman rank correlation with linear-probe accuracy\n",
+              "| attack | encoders | rho (AUC) | p-value | rho (TPR@1%FPR) |", "|---|---|---|---|---|"]
+    for a, s in summary["tradeoff"].items():
+        lines.append(f"| {a} | {s['n_encoders']} | {_fmt(s['spearman_auc_vs_probe'])} | {_fmt(s['p_value'])} | "
+                     f"{_fmt(s['spearman_tpr1_vs_probe'])} |")
+    kn = summary["auc_by_knowledge"]
+    settings = sorted({k for v in kn.values() for k in v})
+    lines += ["", "## Mean AUC by attacker knowledge\n", "| attack | " + " | ".join(settings) + " |",
+              "|---|" + "---|" * len(settings)]
+    for a, v in sorted(kn.items()):
+        lines.append(f"| {a} | " + " | ".join(_fmt(v.get(s)) for s in settings) + " |")
+    vk = summary["auc_by_views"]
+    ks = sorted({int(k) for v in vk.values() for k in v})
+    lines += ["", "## Mean AUC by query budget K (same knowledge)\n", "| attack | " + " | ".join(f"K={k}" for k in ks) + " |",
+              "|---|" + "---|" * len(ks)]
+    for a, v in sorted(vk.items()):
+        lines.append(f"| {a} | " + " | ".join(_fmt(v.get(str(k))) for k in ks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> None:
+    from lpla.io import write_bytes_atomic
+    from lpla.report import plots
+
+    same = [r for r in rows if r["knowledge"] == "same" and r["linear_probe_acc"] is not None]
+    if same:
+        png = plots.plot_tradeoff(same)
+        write_bytes_atomic(out / "tradeoff.png", png)
+    kn = summary["auc_by_knowledge"]
+    if kn:
+        write_bytes_atomic(out / "knowledge.png", plots.plot_knowledge(kn))
