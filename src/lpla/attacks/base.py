@@ -1,0 +1,244 @@
+"""The attack estimator contract, the attack registry, and the helpers every attack shares.
+
+Every attack is a scikit-learn-style estimator: ``__init__`` stores (and validates) keyword
+hyper-parameters and nothing else; ``fit(shadow)`` learns state in attributes ending in ``_``
+(always ``threshold_``, the shadow threshold that maximises balanced accuracy) and returns
+``self``; ``score(target)`` returns one float per image, higher = more likely a member. Class
+attributes say what an attack needs, so that an orchestrator can run every attack its inputs
+allow (:func:`applicable_attacks`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from lpla.attacks.features import AttackInput, PSpec, QueryStats, parse_p
+from lpla.errors import LplaError
+from lpla.registry import Registry
+
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "NotFittedError",
+    "ShadowArg",
+    "applicable_attacks",
+    "best_threshold",
+    "create_attack",
+    "list_attacks",
+]
+
+ShadowArg = AttackInput | Sequence[AttackInput] | None
+
+
+class NotFittedError(LplaError):
+    """``score`` (or a fitted attribute) was used before ``fit``."""
+
+
+class Attack:
+    """Base class: validation around ``_fit``/``_score``, the shadow threshold, ``get_params``.
+
+    Subclasses set the class attributes, implement ``_fit(shadows)`` and ``_score(target)``, and
+    may override ``_shadow_scores`` when scoring the shadows in-sample would be dishonest.
+    """
+
+    name: ClassVar[str] = ""
+    min_views: ClassVar[int] = 1
+    needs_shadow: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = False
+    min_shadows: ClassVar[int] = 1
+
+    threshold_: float | None
+
+    # --- public API ----------------------------------------------------------------------
+
+    def fit(self, shadow: ShadowArg) -> Self:
+        """Learn from one or more shadow inputs whose membership is known; returns ``self``."""
+        shadows = self._shadow_list(shadow)
+        for attr in [a for a in vars(self) if a.endswith("_")]:
+            delattr(self, attr)  # a refit starts from scratch
+        self._fit(shadows)
+        shadow_scores = self._shadow_scores(shadows) if shadows else None
+        if shadow_scores is None:
+            self.threshold_ = None
+        else:
+            self.threshold_ = best_threshold(*shadow_scores)
+        return self
+
+    def score(self, target: AttackInput) -> np.ndarray:
+        """Membership score per image of ``target`` (float64 ``[N]``, higher = member)."""
+        self._check_fitted()
+        self._check_input(target, "target")
+        scores = np.asarray(self._score(target), dtype=np.float64)
+        if scores.shape != (target.stats.n_images,):  # pragma: no cover - a bug in an attack
+            raise RuntimeError(f"{self.name} returned scores of shape {scores.shape}")
+        return scores
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's keyword parameters and their current values."""
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "threshold_")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # --- for subclasses ------------------------------------------------------------------
+
+    def _fit(self, shadows: list[AttackInput]) -> None:
+        raise NotImplementedError
+
+    def _score(self, target: AttackInput) -> np.ndarray:
+        raise NotImplementedError
+
+    def _shadow_scores(self, shadows: list[AttackInput]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Scores and labels of the shadows' labelled images (for ``threshold_``); ``None``
+        when the shadows cannot be scored (then ``threshold_`` is ``None``)."""
+        scores, labels = [], []
+        for s in shadows:
+            assert s.member is not None
+            keep = s.labelled
+            scores.append(self._score(s)[keep])
+            labels.append(s.member[keep])
+        return np.concatenate(scores), np.concatenate(labels)
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"attack {self.name!r} is not fitted; call .fit(shadow) before .score(target)"
+            )
+
+    def _check_input(self, item: AttackInput, role: str) -> None:
+        if not isinstance(item, AttackInput):
+            raise LplaError(
+                f"{self.name}: the {role} must be an AttackInput; got {type(item).__name__}"
+            )
+        if item.stats.n_views < self.min_views:
+            who = f"{role} ({item.name})" if item.name else role
+            raise LplaError(
+                f"attack {self.name!r} needs at least {self.min_views} views per image; the "
+                f"{who} has K={item.stats.n_views}; query more views"
+            )
+
+    def _shadow_list(self, shadow: ShadowArg) -> list[AttackInput]:
+        if shadow is None:
+            shadows: list[AttackInput] = []
+        elif isinstance(shadow, AttackInput):
+            shadows = [shadow]
+        else:
+            shadows = list(shadow)
+        if self.needs_shadow and len(shadows) < self.min_shadows:
+            need = "a shadow input" if self.min_shadows == 1 else f"{self.min_shadows} shadows"
+            raise LplaError(
+                f"attack {self.name!r} needs {need} with known membership; got {len(shadows)}"
+            )
+        for i, s in enumerate(shadows):
+            self._check_input(s, f"shadow #{i}")
+            assert s.member is not None
+            labels = s.member[s.labelled]
+            if not ((labels == 1).any() and (labels == 0).any()):
+                who = f"shadow #{i} ({s.name})" if s.name else f"shadow #{i}"
+                raise LplaError(
+                    f"{who} needs members (1) and non-members (0); "
+                    f"got {int((labels == 1).sum())} and {int((labels == 0).sum())}"
+                )
+        return shadows
+
+
+# --- registry ------------------------------------------------------------------------------
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def create_attack(name: str, **params: Any) -> Attack:
+    """A registered attack from keyword parameters: ``create_attack("lpla", p=[1, 2])``."""
+    cls = ATTACKS.get(name)
+    allowed = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise LplaError(
+            f"attack {name!r} has no parameter {', '.join(unknown)}; "
+            f"its parameters are: {', '.join(allowed) or 'none'}"
+        )
+    return cls(**params)
+
+
+def list_attacks(pattern: str = "*") -> list[str]:
+    return ATTACKS.names(pattern)
+
+
+def applicable_attacks(k: int, n_shadows: int, has_reference: bool) -> list[str]:
+    """Attacks that run with default parameters on K views, ``n_shadows`` shadows, a reference."""
+    names = []
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        if k < cls.min_views:
+            continue
+        if cls.needs_shadow and n_shadows < cls.min_shadows:
+            continue
+        if cls.needs_reference and not has_reference:
+            continue
+        names.append(name)
+    return names
+
+
+# --- shared helpers ------------------------------------------------------------------------
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Threshold (predict member when ``score >= t``) maximising balanced accuracy.
+
+    Placed half-way between two consecutive distinct scores, so that it transfers to another
+    encoder's scores without sitting exactly on a shadow score.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels) == 1
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last row of each run of equal scores
+    tpr = np.cumsum(y)[last] / n_pos
+    fpr = np.cumsum(~y)[last] / n_neg
+    gain = tpr - fpr
+    j = int(np.argmax(gain))
+    if gain[j] <= 0:  # nothing beats "nobody is a member"
+        return float(np.nextafter(s[0], math.inf))
+    cut = last[j]
+    if cut + 1 < s.size:
+        return float((s[cut] + s[cut + 1]) / 2)
+    return float(np.nextafter(s[cut], -math.inf))
+
+
+def resolve_p(requested: PSpec | None, stats: QueryStats) -> tuple[float, ...]:
+    """The norm orders an attack uses: the requested ones (which must exist) or all computed."""
+    if requested is None:
+        return stats.p
+    p_values = parse_p(requested)
+    for p in p_values:
+        stats.p_index(p)
+    return p_values
+
+
+def check_choice(attack: str, param: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise LplaError(
+            f"{attack}: {param}={value!r} is not one of {', '.join(repr(c) for c in choices)}"
+        )
+
+
+def standardise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(values - mean) / std`` with a floor on ``std`` (constant statistics stay finite)."""
+    return (values - mean) / np.maximum(std, 1e-12)
+
+
+def tiny_log(values: np.ndarray) -> np.ndarray:
+    """Log that maps 0 (an all-zero embedding) to a very negative finite number, not -inf."""
+    return np.log(np.maximum(values, np.finfo(np.float64).tiny))
