@@ -23,7 +23,7 @@ def print_attack_table(results: dict[str, Any], title: str = "membership inferen
         table.add_row(name, _fmt(r["auc"]), f"[{lo:.3f}, {hi:.3f}]", _fmt(tpr.get("0.001")),
                       _fmt(tpr.get("0.01")), _fmt(r.get("balanced_accuracy")),
                       _fmt(r.get("balanced_accuracy_oracle")), _fmt(r.get("advantage")))
-    console = Console()
+    console = Console(width=None if Console().is_terminal else 120)
     console.print(table)
     console.print("bal.acc: at the threshold chosen on the shadow; bal.acc*: best threshold (oracle)")
     util = results.get("utility")
