@@ -91,7 +91,7 @@ def train_stage(cfg: AuditConfig, spec: EncoderSpec, role: str, splits: Splits, 
 def _embed(enc_dir: Path, dataset: str, root: str | None, indices: np.ndarray, member: np.ndarray,
            cfg: AuditConfig, out_file: Path, stages: Stages, device: str, stage: str) -> Path:
     from lpla.data.registry import create_dataset
-    from lpla.encoders import load_any_encoder
+    from lpla.encoders import load_any_encoder, training_augmentation
     from lpla.query import embed_dataset
 
     key = {"encoder": read_json(enc_dir / "checkpoint.json").get("split_fingerprint"),
@@ -103,7 +103,7 @@ def _embed(enc_dir: Path, dataset: str, root: str | None, indices: np.ndarray, m
         enc = load_any_encoder(str(enc_dir), device=device, layer=cfg.layer)
         ds = create_dataset(dataset, split="train", root=root)
         embed_dataset(enc, ds, indices, member=member, views=cfg.views,
-                      augmentation=cfg.query_augmentation or enc.augmentation or "weak",
+                      augmentation=cfg.query_augmentation or training_augmentation(enc),
                       clean_view0=cfg.clean_view0, seed=cfg.seed, device=device, out=out_file,
                       progress=False, meta={"role": stage})
 

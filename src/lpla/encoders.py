@@ -396,3 +396,26 @@ ENCODER_KINDS.add(
     EncoderKind(_is_factory, _load_factory),
     "package.module:factory returning an nn.Module, + --weights .safetensors",
 )
+
+
+def training_augmentation(enc: LoadedEncoder) -> Any:
+    """The exact augmentation an lpla checkpoint was trained with (recipe + overrides), as a module.
+
+    The attacker's default query augmentation is the target's own training recipe; rebuilding it
+    from the checkpoint's config keeps the overrides (``crop_scale_min``, ``jitter``, strength)
+    that the recipe's name alone would lose. Other encoders: their augmentation name, or ``weak``.
+    """
+    info = enc.meta.get("checkpoint") if enc.kind == "checkpoint" else None
+    cfg = (info or {}).get("config") or {}
+    if not info or enc.image_shape is None or not cfg:
+        return enc.augmentation or "weak"
+    from lpla.ssl.augment import create_augmentation
+
+    name = cfg.get("augmentation") or enc.augmentation or "weak"
+    return create_augmentation(
+        str(name),
+        enc.image_shape,
+        float(cfg.get("aug_strength", 1.0)),
+        crop_scale_min=cfg.get("crop_scale_min"),
+        jitter=cfg.get("jitter"),
+    )

@@ -220,7 +220,13 @@ def _resolve_augmentation(
 ) -> tuple[nn.Module | None, str]:
     """(module or None for no augmentation, the name recorded in meta)."""
     if isinstance(augmentation, nn.Module):
-        return augmentation, repr(augmentation)
+        return augmentation, getattr(augmentation, "name", None) or type(augmentation).__name__
+    if augmentation is None:  # the encoder's exact training recipe, overrides included
+        from lpla.encoders import training_augmentation
+
+        own = training_augmentation(enc)
+        if isinstance(own, nn.Module):
+            return own, str(getattr(own, "name", "training"))
     name = augmentation if augmentation is not None else (enc.augmentation or "weak")
     if name == "none":
         return None, "none"

@@ -22,7 +22,7 @@ def query_checkpoint(enc_dir: Path, name: str, out_dir: Path, *, views: int, see
                      data_root: str | None = None) -> EncoderAnswers:
     from lpla.data.registry import create_dataset
     from lpla.embeddings import open_embeddings
-    from lpla.encoders import load_any_encoder
+    from lpla.encoders import load_any_encoder, training_augmentation
     from lpla.query import embed_dataset
     from lpla.runtime import resolve_device
 
@@ -42,7 +42,7 @@ def query_checkpoint(enc_dir: Path, name: str, out_dir: Path, *, views: int, see
     enc = load_any_encoder(str(enc_dir), device=device, layer=layer)
     ds = create_dataset(config.get("dataset", split.dataset), split="train",
                         root=data_root or config.get("data_root"))
-    aug = augmentation or enc.augmentation or "weak"
+    aug = augmentation or training_augmentation(enc)
     idx = np.concatenate([members, nonmembers])
     flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
     cand = embed_dataset(enc, ds, idx, member=flag, views=views, augmentation=aug, clean_view0=clean_view0,
