@@ -1,7 +1,7 @@
 """Datasets (one registry), membership splits and the batch interface the other layers use."""
 
 from lpla.data.base import ArrayDataset, DatasetInfo, ImageDataset
-from lpla.data.registry import DATASETS, create_dataset, list_datasets
+from lpla.data.registry import DATASETS, create_dataset, dataset_summaries, list_datasets
 from lpla.data.splits import ROLES, MembershipSplit, PairedHalves, make_paired_halves, make_split
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "MembershipSplit",
     "PairedHalves",
     "create_dataset",
+    "dataset_summaries",
     "list_datasets",
     "make_paired_halves",
     "make_split",

@@ -37,6 +37,7 @@ class ImageDataset(ABC):
 
     info: DatasetInfo
     labels: np.ndarray  # int64 [N]
+    classes: tuple[str, ...] = ()  # class names by label, when the dataset ships them
 
     def __len__(self) -> int:
         return self.info.num_images
@@ -88,7 +89,8 @@ class ArrayDataset(ImageDataset):
             raise LplaError(f"{name}: {imgs.shape[0]} images but {len(labels)} labels")
         self.images = imgs.contiguous()
         self.labels = labels
-        n_cls = int(num_classes if num_classes is not None else (labels.max() + 1 if len(labels) else 0))
+        inferred = labels.max() + 1 if len(labels) else 0
+        n_cls = int(num_classes if num_classes is not None else inferred)
         c, h, w = (int(s) for s in imgs.shape[1:])
         self.info = DatasetInfo(name, split, int(imgs.shape[0]), n_cls, (c, h, w), source)
 

@@ -1,7 +1,13 @@
-"""ImageFolder directories, decoded lazily per batch (memory bounded by the batch, not the folder)."""
+"""ImageFolder directories, decoded lazily per batch (memory bounded by the batch, not the folder).
+
+Layout: ``root/<class>/<image>`` or, with splits, ``root/<split>/<class>/<image>``. Only the file
+list is built up front; pixels are decoded with PIL when a batch asks for them, converted to the
+mode of the first image (grayscale ``L`` or ``RGB``) and resized to ``image_size``.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,33 +16,87 @@ import torch
 from lpla.data.base import DatasetInfo, ImageDataset
 from lpla.errors import LplaError
 
-_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation", "unlabeled")
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _split_base(root: Path, split: str) -> tuple[Path, list[str]]:
+    """The folder holding ``split``'s classes, and the class names shared by every split folder.
+
+    Classes are the union over all split folders so that a label means the same class in
+    ``train`` and ``test`` even when one of them lacks a class.
+    """
+    present = [s for s in SPLIT_FOLDERS if (root / s).is_dir()]
+    if (root / split).is_dir() and split not in present:
+        present.append(split)
+    if not present:
+        return root, _subdirs(root)
+    if split not in present:
+        raise LplaError(
+            f"{root} has split folders ({', '.join(present)}) but no {split!r}; "
+            f"choose --split {present[0]} or add {root / split}"
+        )
+    classes = sorted({c for s in present for c in _subdirs(root / s)})
+    return root / split, classes
+
+
+def _unreadable(path: Path, exc: Exception) -> LplaError:
+    return LplaError(f"cannot read image {path} ({exc}); remove or replace the file")
+
+
+def _decode(path: Path, mode: str, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            resized = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(resized, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from None
 
 
 class FolderDataset(ImageDataset):
+    """Images under ``root`` (see the module docstring), labels from sorted class-folder names."""
+
     def __init__(self, root: Path, split: str = "train", image_size: int = 32) -> None:
-        base = root / split if (root / split).is_dir() else root
-        if not base.is_dir():
-            raise LplaError(f"image folder not found: {base}")
-        classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+        if not root.is_dir():
+            raise LplaError(f"image folder not found: {root}; pass --data-root DIR")
+        if image_size < 1:
+            raise LplaError(f"--image-size must be a positive number of pixels, got {image_size}")
+        base, classes = _split_base(root, split)
         if not classes:
-            raise LplaError(f"{base} has no class sub-folders (expected root/<class>/<image>)")
-        files, labels = [], []
-        for c, name in enumerate(classes):
-            for f in sorted((base / name).rglob("*")):
-                if f.suffix.lower() in _EXTS:
-                    files.append(f)
-                    labels.append(c)
+            raise LplaError(f"{base} has no class sub-folders (expected {base}/<class>/<image>)")
+        files: list[Path] = []
+        labels: list[int] = []
+        for label, name in enumerate(classes):
+            folder = base / name
+            if not folder.is_dir():
+                continue
+            found = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            files.extend(found)
+            labels.extend([label] * len(found))
         if not files:
-            raise LplaError(f"{base} has no images ({', '.join(sorted(_EXTS))})")
+            raise LplaError(
+                f"{base} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in its class folders"
+            )
         self.files = files
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes = tuple(classes)
         self.image_size = int(image_size)
         self.mode = self._detect_mode(files[0])
         channels = 1 if self.mode == "L" else 3
-        self.info = DatasetInfo("imagefolder", split, len(files), len(classes),
-                                (channels, self.image_size, self.image_size), source=str(base))
-        self.classes = classes
+        self.info = DatasetInfo(
+            "imagefolder", split, len(files), len(classes),
+            (channels, self.image_size, self.image_size),
+            source=str(base), extra={"classes": json.dumps(classes), "mode": self.mode},
+        )
 
     @staticmethod
     def _detect_mode(path: Path) -> str:
@@ -44,21 +104,13 @@ class FolderDataset(ImageDataset):
 
         try:
             with Image.open(path) as im:
-                return "L" if im.mode in ("L", "1", "I;16") else "RGB"
-        except OSError as exc:
-            raise LplaError(f"cannot read image {path}: {exc}") from None
+                return "L" if im.mode in _GRAY_MODES else "RGB"
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise _unreadable(path, exc) from None
 
     def _load(self, indices: np.ndarray) -> torch.Tensor:
-        from PIL import Image
-
-        out = []
-        for i in indices:
-            path = self.files[int(i)]
-            try:
-                with Image.open(path) as im:
-                    im = im.convert(self.mode).resize((self.image_size, self.image_size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-            except OSError as exc:
-                raise LplaError(f"cannot read image {path}: {exc}; remove or replace the file") from None
-            out.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-        return torch.from_numpy(np.stack(out))
+        out = [_decode(self.files[int(i)], self.mode, self.image_size) for i in indices]
+        if not out:
+            return torch.empty((0, *self.info.image_shape), dtype=torch.uint8)
+        arrays = [a[None] if a.ndim == 2 else a.transpose(2, 0, 1) for a in out]
+        return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
