@@ -40,7 +40,7 @@ class EncoderSpec:
 
     framework: str = "simclr"
     backbone: str = "mlp"
-    epochs: int = 300
+    epochs: int = 500
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -60,6 +60,7 @@ class AuditConfig:
     members: int = 128
     reference: int | None = None
     seed: int = 0
+    stratify: bool = True  # every split role gets the pool's class proportions (labels known)
     target: EncoderSpec = field(default_factory=EncoderSpec)
     knowledge: str = "same"
     shadow_overrides: dict[str, Any] = field(default_factory=dict)

@@ -21,10 +21,22 @@ class Splits:
     shadow: MembershipSplit  # the same object as target unless the shadow uses other data
 
 
-def _pool_size(dataset: str, root: str | None) -> int:
+def _pool(dataset: str, root: str | None, stratify: bool) -> tuple[int, np.ndarray | None]:
+    """Pool size and, for stratified splits, the labels (none when the dataset is unlabelled)."""
     from lpla.data.registry import create_dataset
 
-    return len(create_dataset(dataset, split="train", root=root))
+    ds = create_dataset(dataset, split="train", root=root)
+    labels = np.asarray(ds.labels)
+    return len(ds), labels if stratify and (labels >= 0).all() else None
+
+
+def _takes_temperature(framework: str) -> bool:
+    """Only contrastive frameworks have a softmax temperature (SimCLR, MoCo v2)."""
+    import inspect
+
+    from lpla.ssl.frameworks import FRAMEWORKS
+
+    return "temperature" in inspect.signature(FRAMEWORKS.get(framework)).parameters
 
 
 def make_split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: Stages) -> Splits:
@@ -32,16 +44,18 @@ def make_split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: Stage
     t_path, s_path = out / "split.json", out / "shadow_split.json"
     other = sh.dataset is not None and sh.dataset != cfg.dataset
     key = {"dataset": cfg.dataset, "members": cfg.members, "reference": cfg.reference, "seed": cfg.seed,
-           "shadow_dataset": sh.dataset if other else None}
+           "shadow_dataset": sh.dataset if other else None, "stratify": cfg.stratify}
 
     def build() -> None:
-        split = make_split(cfg.dataset, _pool_size(cfg.dataset, cfg.data_root), members=cfg.members,
-                           seed=cfg.seed, reference=cfg.reference)
+        size, labels = _pool(cfg.dataset, cfg.data_root, cfg.stratify)
+        split = make_split(cfg.dataset, size, members=cfg.members, seed=cfg.seed, reference=cfg.reference,
+                           stratify=labels)
         split.save(t_path)
         if other:
             assert sh.dataset is not None
-            sh_split = make_split(sh.dataset, _pool_size(sh.dataset, None), members=cfg.members,
-                                  seed=cfg.seed + 1, reference=cfg.reference)
+            sh_size, sh_labels = _pool(sh.dataset, None, cfg.stratify)
+            sh_split = make_split(sh.dataset, sh_size, members=cfg.members, seed=cfg.seed + 1,
+                                  reference=cfg.reference, stratify=sh_labels)
             sh_split.save(s_path)
 
     stages.run("split", key, [t_path] + ([s_path] if other else []), build)
@@ -71,7 +85,7 @@ def train_stage(cfg: AuditConfig, spec: EncoderSpec, role: str, splits: Splits, 
         batch_size=spec.batch_size,
         lr=spec.lr,
         weight_decay=spec.weight_decay,
-        temperature=spec.temperature,
+        temperature=spec.temperature if _takes_temperature(spec.framework) else None,
         augmentation=spec.augmentation,
         crop_scale_min=spec.crop_scale_min,
         jitter=spec.jitter,

@@ -167,13 +167,19 @@ class MembershipSplit:
 
 def make_split(dataset: str, pool_size: int, *, members: int, seed: int,
                shadow_members: int | None = None, nonmembers: int | None = None,
-               reference: int | None = None) -> MembershipSplit:
+               reference: int | None = None, stratify: np.ndarray | None = None) -> MembershipSplit:
     """A seeded, balanced, disjoint split of ``pool_size`` images (see the module docstring).
 
     Defaults: as many target non-members and shadow members as ``members``, as many shadow
     non-members as shadow members, and ``reference = min(members, what is left)``.
     One ``numpy.random.default_rng(seed)`` permutation of the pool is cut into the roles in
     :data:`ROLES` order, so the split is a pure function of its arguments.
+
+    ``stratify`` (the pool's labels) orders the permutation so that every role gets the pool's
+    class proportions (up to one image per class). With small member sets this removes a nuisance
+    that otherwise dominates norm statistics: embedding norms differ far more between classes than
+    between members and non-members, so a chance surplus of one class among the members reads as
+    (or hides) membership.
     """
     if not _is_int(members) or members < 1:
         raise LplaError(f"--members must be at least 1, got {members!r}")
@@ -194,10 +200,27 @@ def make_split(dataset: str, pool_size: int, *, members: int, seed: int,
             f"{n_shadow} + {n_shadow}, reference {n_reference}) but {dataset}/train has "
             f"{pool_size}; lower --members or use a larger dataset"
         )
-    perm = np.random.default_rng(int(seed)).permutation(pool_size)
+    if stratify is None:
+        perm = np.random.default_rng(int(seed)).permutation(pool_size)
+    else:
+        perm = _stratified_order(np.asarray(stratify), pool_size, int(seed))
     bounds = np.cumsum((0, members, n_nonmember, n_shadow, n_shadow, n_reference))
     roles = {r: perm[bounds[i]:bounds[i + 1]] for i, r in enumerate(ROLES)}
     return MembershipSplit(dataset=dataset, pool_size=int(pool_size), seed=int(seed), roles=roles)
+
+
+def _stratified_order(labels: np.ndarray, pool_size: int, seed: int) -> np.ndarray:
+    """A seeded permutation whose every contiguous slice keeps the class proportions."""
+    if labels.shape != (pool_size,):
+        raise LplaError(f"stratify labels must have one entry per pool image ({pool_size}), got {labels.shape}")
+    rng = np.random.default_rng(seed)
+    key = np.empty(pool_size, dtype=np.float64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        order = rng.permutation(len(members))
+        # Spread each class evenly over [0, 1): rank / count, jittered within its slot.
+        key[members[order]] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+    return np.argsort(key, kind="stable")
 
 
 # ---- many shadows: paired halves ---------------------------------------------------------------
