@@ -44,8 +44,12 @@ def _encoder_input(seed: int, k: int, member: np.ndarray, name: str = "") -> Att
     z = (centre + noise * rng.normal(size=(n, k, d))) * np.exp(0.3 * member)[:, None, None]
     ref = rng.normal(size=(60, 1, d)) + 0.7 * rng.normal(size=(60, k, d))
     kw: dict[str, Any] = {"p": (1, 2), "similarities": ("cosine",), "clean_view0": True}
+    # the same candidates on an encoder that never trained on them (difficulty calibration)
+    base = centre + 0.7 * rng.normal(size=(n, k, d))
+    base_ref = rng.normal(size=(60, 1, d)) + 0.7 * rng.normal(size=(60, k, d))
     return AttackInput(
-        compute_stats(z, **kw), member, np.arange(n) + 1000, compute_stats(ref, **kw), name=name
+        compute_stats(z, **kw), member, np.arange(n) + 1000, compute_stats(ref, **kw), name=name,
+        baseline=compute_stats(base, **kw), baseline_reference=compute_stats(base_ref, **kw),
     )
 
 
@@ -75,6 +79,7 @@ def test_registry_is_complete() -> None:
         "lpla",
         "lpla-lira",
         "lpla-ref",
+        "lpla-diff",
         "norm-threshold",
         "encodermi-t",
         "encodermi-v",
@@ -227,7 +232,12 @@ def test_applicable_attacks() -> None:
         "lpla-ref",
         "norm-threshold",
     ]
-    assert applicable_attacks(k=10, n_shadows=8, has_reference=True) == sorted(list_attacks())
+    assert applicable_attacks(k=10, n_shadows=8, has_reference=True) == sorted(
+        set(list_attacks()) - {"lpla-diff"}
+    )
+    assert applicable_attacks(k=10, n_shadows=8, has_reference=True, has_baseline=True) == sorted(
+        list_attacks()
+    )
 
 
 def test_best_threshold_hand_case() -> None:

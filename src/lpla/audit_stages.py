@@ -150,7 +150,42 @@ def embed_stage(cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path, st
                          emb / f"{role}_reference.npz", stages, device, f"{role}_reference")
         answers.append(EncoderAnswers(role, open_embeddings(cand),
                                       open_embeddings(ref) if ref is not None else None))
-    return answers[0], answers[1]
+    target, shadow = answers
+    _baseline_stage(cfg, sh, splits, out, stages, device, target, shadow)
+    return target, shadow
+
+
+def _baseline_stage(cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path, stages: Stages,
+                    device: str, target: EncoderAnswers, shadow: EncoderAnswers) -> None:
+    """Difficulty calibration: each encoder's candidates queried on the *other* encoder.
+
+    Neither encoder trained on the other's candidates (the split keeps them disjoint), so each is
+    a free per-image baseline for the other. Skipped when the two encoders take different
+    images (other-data with another image shape) or a reference set is missing.
+    """
+    if target.reference is None or shadow.reference is None:
+        return
+    if (sh.dataset or cfg.dataset) != cfg.dataset:
+        return
+    emb = out / "embeddings"
+    for own, other, split, m_role, n_role in (
+        (target, shadow, splits.target, "target_member", "target_nonmember"),
+        (shadow, target, splits.shadow, "shadow_member", "shadow_nonmember"),
+    ):
+        members, nonmembers = split.indices(m_role), split.indices(n_role)
+        idx = np.concatenate([members, nonmembers])
+        flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
+        path = _embed(out / other.name, cfg.dataset, cfg.data_root, idx, flag, cfg,
+                      emb / f"{other.name}_on_{own.name}_candidates.npz", stages, device,
+                      f"{other.name}_on_{own.name}_candidates")
+        own.baseline = open_embeddings_checked(path)
+        own.baseline_reference = other.reference
+
+
+def open_embeddings_checked(path: Path) -> Any:
+    from lpla.embeddings import open_embeddings
+
+    return open_embeddings(path)
 
 
 def attack_settings(cfg: AuditConfig) -> AttackSettings:

@@ -30,6 +30,10 @@ class EncoderAnswers:
     name: str
     candidates: EmbeddingsFile
     reference: EmbeddingsFile | None = None
+    # The same candidates queried on another encoder that never trained on them (difficulty
+    # calibration), and that encoder's answers on the reference set.
+    baseline: EmbeddingsFile | None = None
+    baseline_reference: EmbeddingsFile | None = None
 
 
 @dataclass
@@ -75,7 +79,15 @@ def _as_input(answers: EncoderAnswers, settings: AttackSettings) -> tuple[Attack
         )
     member = np.asarray(answers.candidates.member, dtype=np.int8)
     index = np.asarray(answers.candidates.index, dtype=np.int64)
-    return AttackInput(stats=stats, member=member, index=index, reference=ref, name=answers.name), notes
+    base = base_ref = None
+    if answers.baseline is not None and answers.baseline_reference is not None:
+        if len(answers.baseline.index) != len(index) or not np.array_equal(answers.baseline.index, index):
+            raise LplaError(f"{answers.name}: baseline embeddings must list the same images as the candidates")
+        base = _stats(answers.baseline, settings)
+        base_ref = _stats(answers.baseline_reference, settings)
+    inp = AttackInput(stats=stats, member=member, index=index, reference=ref, name=answers.name,
+                      baseline=base, baseline_reference=base_ref)
+    return inp, notes
 
 
 def check_compatible(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) -> None:
@@ -131,8 +143,9 @@ def run_attacks(
         sh_inputs.append(inp)
         notes += n
     notes += _dims_note(target, shadows)
+    has_baseline = t_in.baseline is not None and all(s.baseline is not None for s in sh_inputs)
     names = list(settings.attacks) if settings.attacks else applicable_attacks(
-        k, len(sh_inputs), target.reference is not None
+        k, len(sh_inputs), target.reference is not None, has_baseline
     )
     for name in names:
         ATTACKS.get(name)
@@ -216,7 +229,4 @@ def _auc_vs_views(
 
 
 def _first_views(inp: AttackInput, v: int) -> AttackInput:
-    ref = inp.reference.first_views(v) if inp.reference is not None else None
-    return AttackInput(
-        stats=inp.stats.first_views(v), member=inp.member, index=inp.index, reference=ref, name=inp.name
-    )
+    return inp.first_views(v)

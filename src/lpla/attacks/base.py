@@ -50,6 +50,7 @@ class Attack:
     min_views: ClassVar[int] = 1
     needs_shadow: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
+    needs_baseline: ClassVar[bool] = False
     min_shadows: ClassVar[int] = 1
 
     threshold_: float | None
@@ -175,12 +176,18 @@ def list_attacks(pattern: str = "*") -> list[str]:
     return ATTACKS.names(pattern)
 
 
-def applicable_attacks(k: int, n_shadows: int, has_reference: bool) -> list[str]:
-    """Attacks that run with default parameters on K views, ``n_shadows`` shadows, a reference."""
+def applicable_attacks(
+    k: int, n_shadows: int, has_reference: bool, has_baseline: bool = False
+) -> list[str]:
+    """Attacks that run with default parameters on K views, ``n_shadows`` shadows, a reference
+    and (for difficulty calibration) baseline statistics from an encoder that did not train on
+    the candidates."""
     names = []
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
         if k < cls.min_views:
+            continue
+        if getattr(cls, "needs_baseline", False) and not has_baseline:
             continue
         if cls.needs_shadow and n_shadows < cls.min_shadows:
             continue

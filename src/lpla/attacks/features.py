@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lpla.embeddings import release_rows
 from lpla.errors import LplaError
 from lpla.registry import Registry
 
@@ -175,6 +176,9 @@ class AttackInput:
         reference: the same encoder's statistics on population images that are members of no
             encoder involved, used to calibrate scales across encoders; ``None`` if unavailable.
         name: a label for messages (e.g. ``"shadow-3"``).
+        baseline: the same images' statistics from another encoder that never trained on them
+            (difficulty calibration: how large this image's norm is anyway); ``None`` if unavailable.
+        baseline_reference: that other encoder's statistics on the reference population.
     """
 
     stats: QueryStats
@@ -182,6 +186,8 @@ class AttackInput:
     index: np.ndarray | None = None
     reference: QueryStats | None = None
     name: str = ""
+    baseline: QueryStats | None = None
+    baseline_reference: QueryStats | None = None
 
     def __post_init__(self) -> None:
         n = self.stats.n_images
@@ -218,16 +224,18 @@ class AttackInput:
 
     def first_views(self, k: int) -> AttackInput:
         """Keep the first ``k`` views of the images and of the reference."""
-        ref = None
-        if self.reference is not None:
-            ref = self.reference.first_views(min(k, self.reference.n_views))
-        return AttackInput(self.stats.first_views(k), self.member, self.index, ref, self.name)
+        def cut(stats: QueryStats | None) -> QueryStats | None:
+            return None if stats is None else stats.first_views(min(k, stats.n_views))
+
+        return AttackInput(self.stats.first_views(k), self.member, self.index, cut(self.reference),
+                           self.name, cut(self.baseline), cut(self.baseline_reference))
 
     def subset(self, rows: np.ndarray) -> AttackInput:
         """Some of the images (the reference is kept whole)."""
         assert self.member is not None and self.index is not None
         return AttackInput(
-            self.stats.subset(rows), self.member[rows], self.index[rows], self.reference, self.name
+            self.stats.subset(rows), self.member[rows], self.index[rows], self.reference, self.name,
+            None if self.baseline is None else self.baseline.subset(rows), self.baseline_reference,
         )
 
 
@@ -303,7 +311,7 @@ def compute_stats(
     p: PSpec = (2.0,),
     similarities: Sequence[str] = ("cosine",),
     clean_view0: bool = False,
-    chunk_size: int = 4096,
+    chunk_size: int = 512,
 ) -> QueryStats:
     """Reduce embeddings ``[N, K, D]`` (array or ``np.memmap``) to :class:`QueryStats`.
 
@@ -348,10 +356,12 @@ def compute_stats(
             bad = ~np.isfinite(x).all(axis=(1, 2))
             if bad.any():
                 bad_rows.append(np.flatnonzero(bad) + start)
-                continue
-            norms[start:stop] = _norms(x, p_values)
-            for name in sim_names:
-                sims[name][start:stop] = SIMILARITIES.get(name)(x)
+            else:
+                norms[start:stop] = _norms(x, p_values)
+                for name in sim_names:
+                    sims[name][start:stop] = SIMILARITIES.get(name)(x)
+            del x
+            release_rows(embeddings, start, stop)  # read pages leave the RSS: it stays flat
     if bad_rows:
         rows = np.concatenate(bad_rows)
         first = ", ".join(str(int(r)) for r in rows[:5])

@@ -26,7 +26,7 @@ from lpla.attacks.base import (
 from lpla.attacks.features import AttackInput, PSpec, QueryStats, parse_p
 from lpla.errors import LplaError
 
-__all__ = ["LplaAttack", "LplaRefAttack", "NormThresholdAttack", "norm_features", "norm_location"]
+__all__ = ["LplaAttack", "LplaDiffAttack", "LplaRefAttack", "NormThresholdAttack", "norm_features", "norm_location"]
 
 STATISTICS = ("mean+std", "mean", "clean")
 
@@ -200,6 +200,51 @@ class LplaAttack(Attack):
         ):
             total += d_in.logpdf(x[:, cols]) - d_out.logpdf(x[:, cols])
         return total
+
+
+@ATTACKS.register(
+    "lpla-diff", "LpLA with per-image difficulty calibration against an encoder that never saw it"
+)
+class LplaDiffAttack(LplaAttack):
+    """LpLA on *difficulty-calibrated* norms: an image's norm relative to its norm elsewhere.
+
+    Norms differ far more between images (class, contrast, size of the object) than between
+    members and non-members, so a class-level density of raw norms is dominated by that nuisance.
+    Following difficulty calibration (Watson et al., ICLR 2022) and LiRA's offline test, each
+    image's feature is its standardised log norm under the encoder minus its standardised log
+    norm under another encoder that never trained on it. With one shadow this costs two extra
+    query sets and no extra training: the shadow is the baseline for the target's candidates and
+    the target is the baseline for the shadow's candidates (neither trained on the other's).
+    Each side is standardised by its own reference population, as in :class:`LplaAttack`.
+
+    Args: as :class:`LplaAttack` (``calibration`` is always by reference); the default
+    ``statistic`` is ``"mean"`` because the spread over views carries little signal here.
+    """
+
+    name = "lpla-diff"
+    needs_baseline = True
+
+    def __init__(
+        self,
+        p: PSpec | None = None,
+        statistic: str = "mean",
+        log_space: bool = True,
+        combine: str = "sum",
+        ridge: float = 1e-3,
+    ) -> None:
+        super().__init__(p, statistic, log_space, "reference", combine, ridge)
+
+    def _features(self, item: AttackInput, p_values: tuple[float, ...], who: str) -> np.ndarray:
+        own = super()._features(item, p_values, who)
+        if item.baseline is None:
+            raise LplaError(
+                f"lpla-diff needs baseline statistics for the {who}: the same images queried on "
+                "an encoder that did not train on them (audit computes them; or use lpla)"
+            )
+        if item.baseline_reference is None:
+            raise LplaError(f"lpla-diff needs the baseline encoder's reference statistics for the {who}")
+        base = AttackInput(item.baseline, reference=item.baseline_reference, name=f"{who} baseline")
+        return own - super()._features(base, p_values, f"{who}'s baseline")
 
 
 @ATTACKS.register("lpla-ref", "LpLA-ref: z-score of the log Lp norm against a reference set")
