@@ -63,6 +63,9 @@ class AuditConfig:
     stratify: bool = True  # every split role gets the pool's class proportions (labels known)
     target: EncoderSpec = field(default_factory=EncoderSpec)
     knowledge: str = "same"
+    # An already trained target (checkpoint dir) to reuse instead of training one; its split must
+    # be this audit's split (a study points cells that differ only in the shadow at one target).
+    target_dir: str | None = None
     shadow_overrides: dict[str, Any] = field(default_factory=dict)
     views: int = 10
     query_augmentation: str | None = None  # None: the target's training augmentation
@@ -74,6 +77,7 @@ class AuditConfig:
     n_bootstrap: int = 1000
     defenses: tuple[str, ...] = ()
     utility: bool = True
+    utility_train_limit: int = 10000  # probe-training images (the test split is used whole)
     device: str = "auto"
     title: str = "lpla audit"
 
@@ -91,6 +95,32 @@ class AuditConfig:
             raise LplaError(f"--epochs must be at least 1, got {self.target.epochs}")
         for part in self.knowledge.split("+"):
             KNOWLEDGE.get(part)
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Every registry name the audit will use, checked now: not after an hour of training."""
+        from lpla.attacks import ATTACKS
+        from lpla.data.registry import DATASETS
+        from lpla.defenses import create_defense
+        from lpla.ssl.augment import AUGMENTATIONS
+        from lpla.ssl.backbones import BACKBONES
+        from lpla.ssl.frameworks import FRAMEWORKS
+
+        DATASETS.get(self.dataset)
+        for spec in (self.target, shadow_spec(self)):
+            FRAMEWORKS.get(spec.framework)
+            BACKBONES.get(spec.backbone)
+            AUGMENTATIONS.get(spec.augmentation)
+            if spec.dataset is not None:
+                DATASETS.get(spec.dataset)
+        if self.query_augmentation is not None:
+            AUGMENTATIONS.get(self.query_augmentation)
+        for name in self.attacks or ():
+            ATTACKS.get(name)
+        for defense in self.defenses:
+            create_defense(defense)
+        if any(v < 1 for v in self.views_grid):
+            raise LplaError(f"every views_grid entry must be >= 1, got {list(self.views_grid)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -252,7 +282,10 @@ def load_config(path: str | Path) -> AuditConfig:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise LplaError(f"config {p} is not valid YAML/JSON: {exc}") from None
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LplaError(f"config {p} is not valid YAML/JSON{at}: {problem}") from None
     if not isinstance(raw, dict):
         raise LplaError(f"config {p} must be a mapping of option names to values")
     return config_from_dict(raw, source=str(p))

@@ -30,6 +30,13 @@ def _pool(dataset: str, root: str | None, stratify: bool) -> tuple[int, np.ndarr
     return len(ds), labels if stratify and (labels >= 0).all() else None
 
 
+def encoder_dir(cfg: AuditConfig, out: Path, role: str) -> Path:
+    """Where the target / shadow checkpoint of this audit lives."""
+    if role == "target" and cfg.target_dir:
+        return Path(cfg.target_dir)
+    return out / role
+
+
 def _takes_temperature(framework: str) -> bool:
     """Only contrastive frameworks have a softmax temperature (SimCLR, MoCo v2)."""
     import inspect
@@ -70,7 +77,16 @@ def train_stage(cfg: AuditConfig, spec: EncoderSpec, role: str, splits: Splits, 
 
     split = splits.target if role == "target" else splits.shadow
     split_file = out / ("split.json" if split is splits.target else "shadow_split.json")
-    enc_dir = out / role
+    enc_dir = encoder_dir(cfg, out, role)
+    if role == "target" and cfg.target_dir:
+        theirs = MembershipSplit.load(enc_dir / "split.json") if (enc_dir / "split.json").is_file() else None
+        if theirs is None or theirs.fingerprint() != split.fingerprint():
+            raise LplaError(f"target_dir {enc_dir} was trained on another split than this audit's; "
+                            "use the same dataset, members and seed, or leave target_dir unset")
+        if not (enc_dir / "model.safetensors").is_file():
+            raise LplaError(f"target_dir {enc_dir} holds no trained encoder (model.safetensors)")
+        stages.log("[shared] train_target: " + str(enc_dir))
+        return
     tcfg = TrainConfig(
         dataset=spec.dataset or cfg.dataset,
         data_root=cfg.data_root if (spec.dataset or cfg.dataset) == cfg.dataset else None,
@@ -91,6 +107,7 @@ def train_stage(cfg: AuditConfig, spec: EncoderSpec, role: str, splits: Splits, 
         jitter=spec.jitter,
         device=device,
         utility=cfg.utility and role == "target",
+        utility_train_limit=cfg.utility_train_limit,
         progress=True,
     )
     key = {"train": dataclasses.asdict(tcfg), "split": split.fingerprint()}
@@ -141,12 +158,12 @@ def embed_stage(cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path, st
         members, nonmembers = split.indices(m_role), split.indices(n_role)
         idx = np.concatenate([members, nonmembers])
         flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
-        cand = _embed(out / role, ds_name, root, idx, flag, cfg, emb / f"{role}_candidates.npz", stages,
+        cand = _embed(encoder_dir(cfg, out, role), ds_name, root, idx, flag, cfg, emb / f"{role}_candidates.npz", stages,
                       device, f"{role}_candidates")
         ref_idx = split.indices("reference")
         ref = None
         if len(ref_idx):
-            ref = _embed(out / role, ds_name, root, ref_idx, np.zeros(len(ref_idx), np.int8), cfg,
+            ref = _embed(encoder_dir(cfg, out, role), ds_name, root, ref_idx, np.zeros(len(ref_idx), np.int8), cfg,
                          emb / f"{role}_reference.npz", stages, device, f"{role}_reference")
         answers.append(EncoderAnswers(role, open_embeddings(cand),
                                       open_embeddings(ref) if ref is not None else None))
@@ -175,7 +192,7 @@ def _baseline_stage(cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path
         members, nonmembers = split.indices(m_role), split.indices(n_role)
         idx = np.concatenate([members, nonmembers])
         flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
-        path = _embed(out / other.name, cfg.dataset, cfg.data_root, idx, flag, cfg,
+        path = _embed(encoder_dir(cfg, out, other.name), cfg.dataset, cfg.data_root, idx, flag, cfg,
                       emb / f"{other.name}_on_{own.name}_candidates.npz", stages, device,
                       f"{other.name}_on_{own.name}_candidates")
         own.baseline = open_embeddings_checked(path)
@@ -257,7 +274,7 @@ def _save_norms(path: Path, run: Any) -> None:
 
 def utility_stage(cfg: AuditConfig, out: Path, stages: Stages, device: str) -> dict[str, Any]:
     """Utility of the target: computed at the end of training and stored in its checkpoint."""
-    ckpt = read_json(out / "target" / "checkpoint.json")
+    ckpt = read_json(encoder_dir(cfg, out, "target") / "checkpoint.json")
     util = ckpt.get("utility")
     if util:
         return dict(util)
@@ -265,7 +282,7 @@ def utility_stage(cfg: AuditConfig, out: Path, stages: Stages, device: str) -> d
     from lpla.encoders import load_any_encoder
     from lpla.utility import evaluate_utility
 
-    enc = load_any_encoder(str(out / "target"), device=device)
+    enc = load_any_encoder(str(encoder_dir(cfg, out, "target")), device=device)
     result = evaluate_utility(enc.module, create_dataset(cfg.dataset, "train", root=cfg.data_root),
                               create_dataset(cfg.dataset, "test", root=cfg.data_root))
     write_json_atomic(out / "utility.json", result)

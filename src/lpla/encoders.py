@@ -17,11 +17,13 @@ shape is known, so a wrong model fails at load time with a clear message, not de
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import os
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,12 @@ def module_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message: library errors can span a screen."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _eval(module: nn.Module) -> nn.Module:
     try:
         module.eval()
@@ -260,14 +268,19 @@ def _is_export(spec: str) -> bool:
 
 
 def _load_export(spec: str, weights: str | None, device: str, layer: str) -> LoadedEncoder:
-    if not _zip_names(Path(spec)):
+    names = _zip_names(Path(spec))
+    if not names:
         raise LplaError(
             f"{spec} is not a torch.export archive (expected a zip from torch.export.save)"
         )
+    check_export_archive(spec, names)
     try:
-        program = torch.export.load(spec)
+        with _torch_load_weights_only():
+            program = torch.export.load(spec)
+    except LplaError:
+        raise
     except Exception as exc:
-        raise LplaError(f"cannot load {spec} with torch.export.load: {exc}") from None
+        raise LplaError(f"cannot load {spec} with torch.export.load: {_one_line(exc)}") from None
     module = program.module().to(device)
     return LoadedEncoder(
         module=_eval(module),
@@ -275,6 +288,130 @@ def _load_export(spec: str, weights: str | None, device: str, layer: str) -> Loa
         kind="export",
         meta={"path": str(Path(spec).resolve())},
     )
+
+
+# torch.export.load trusts its input (its docs: "never load data from an untrusted source"): it
+# falls back to ``torch.load(weights_only=False)``, ``pickle.loads`` opaque constants, loads
+# AOTInductor shared libraries, resolves graph targets by ``getattr`` from ``torch``/``operator``
+# (``torch.serialization.os.system`` resolves) and ``sympy.sympify``s (= ``eval``) shape strings.
+# Before calling it, lpla accepts only archives made of the plain parts ``torch.export.save``
+# writes, graph targets that are torch operators or arithmetic, and shape expressions built from
+# sympy's and torch's symbolic-shape functions; every torch.load inside is forced weights-only.
+_PT2_PARTS = re.compile(
+    r"^(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/[\w.-]+\.json|data/weights/[\w.-]+|data/constants/[\w.-]+"
+    r"|data/sample_inputs/[\w.-]+\.pt|extra/[\w.-]+)$"
+)
+_PT2_OPERATOR_FUNCS = frozenset(
+    "add sub mul truediv floordiv mod pow neg pos abs eq ne lt le gt ge and_ or_ xor not_ invert "
+    "lshift rshift getitem matmul truth".split()
+)
+_PT2_TARGET = re.compile(r"^(torch\.ops\.\w+\.\w+(\.\w+)?|torch\._?sym_\w+|math\.[a-z]\w*)$")
+_SYMPY_NAMES = frozenset(
+    "Symbol Dummy Integer Float Rational Add Mul Pow Mod Max Min Abs floor ceiling sqrt log exp "
+    "sign Eq Ne Lt Le Gt Ge StrictLessThan LessThan GreaterThan StrictGreaterThan Equality "
+    "Unequality And Or Not Xor Piecewise ITE true false True False oo zoo nan Infinity "
+    "NegativeInfinity pi E S Half One Zero NegativeOne FloorDiv ModularIndexing Where PythonMod "
+    "CleanDiv CeilToInt FloorToInt CeilDiv IntTrueDiv FloatTrueDiv LShift RShift "
+    "IsNonOverlappingAndDenseIndicator TruncToFloat TruncToInt RoundToInt RoundDecimal ToFloat "
+    "FloatPow PowByNatural Identity OpaqueUnaryFn_sqrt".split()
+)
+_EXPR_TOKEN = re.compile(
+    r"\s+|'[A-Za-z_]\w*'|\d+(\.\d+)?([eE][+-]?\d+)?|(?P<name>[A-Za-z_]\w*)|==|!=|<=|>=|[-+*/%(),=<>]"
+)
+
+
+def _safe_target(target: str) -> bool:
+    if "__" in target:
+        return False
+    if target.startswith("_operator."):
+        return target[len("_operator."):] in _PT2_OPERATOR_FUNCS
+    return bool(_PT2_TARGET.match(target))
+
+
+def _safe_expr(expr: str) -> bool:
+    """A shape expression made only of sympy/torch symbolic names, numbers and arithmetic."""
+    pos = 0
+    while pos < len(expr):
+        m = _EXPR_TOKEN.match(expr, pos)
+        if m is None:
+            return False
+        name = m.group("name")
+        if name is not None:
+            rest = expr[m.end():].lstrip()
+            is_keyword = rest.startswith("=") and not rest.startswith("==")
+            allowed = not name.startswith("_") if is_keyword else name in _SYMPY_NAMES
+            if not allowed:
+                return False
+        pos = m.end()
+    return True
+
+
+def _unsafe_graph_strings(node: Any) -> Iterator[str]:
+    """Operator targets and shape expressions in a serialized program that are not plainly safe."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "nodes" and isinstance(value, list):
+                for n in value:
+                    target = n.get("target") if isinstance(n, dict) else None
+                    if not isinstance(target, str) or not _safe_target(target):
+                        yield f"operator {target!r}"
+            if key == "as_operator" and (not isinstance(value, str) or not _safe_target(value)):
+                yield f"operator {value!r}"
+            if key == "expr_str" and (not isinstance(value, str) or not _safe_expr(value)):
+                yield f"shape expression {value!r}"
+            yield from _unsafe_graph_strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _unsafe_graph_strings(item)
+
+
+def check_export_archive(spec: str | Path, names: list[str] | None = None) -> None:
+    """Refuse a .pt2 that holds anything beyond what torch.export.save writes for a plain model."""
+    import json
+
+    path = Path(spec)
+    names = _zip_names(path) if names is None else names
+    fix = "export the encoder again with torch.export.save, or use module:factory + .safetensors"
+    with zipfile.ZipFile(path) as zf:
+        for name in names:
+            if name.endswith("/"):
+                continue
+            part = name.split("/", 1)[1] if "/" in name else name
+            if not _PT2_PARTS.match(part) or "/opaque_obj_" in name:
+                raise LplaError(
+                    f"{spec} holds {name!r}, which torch.export.load would execute or unpickle; "
+                    "lpla refuses it",
+                    hint=fix,
+                )
+            if part.startswith("models/"):
+                try:
+                    program = json.loads(zf.read(name))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise LplaError(f"{spec}: {name} is not valid JSON ({exc})", hint=fix) from None
+                bad = next(_unsafe_graph_strings(program), None)
+                if bad is not None:
+                    raise LplaError(
+                        f"{spec} calls {bad[:120]}, not a torch operator; lpla refuses to run it",
+                        hint=fix,
+                    )
+
+
+@contextlib.contextmanager
+def _torch_load_weights_only() -> Iterator[None]:
+    """Force ``torch.load(weights_only=True)`` even where a library asks for False (env switch)."""
+    keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _is_torchscript_path(spec: str) -> bool:
@@ -299,7 +436,7 @@ def _load_torchscript(spec: str, weights: str | None, device: str, layer: str) -
     try:
         module = torch.jit.load(spec, map_location=device)
     except Exception as exc:
-        raise LplaError(f"cannot load TorchScript {spec}: {exc}") from None
+        raise LplaError(f"cannot load TorchScript {spec}: {_one_line(exc)}") from None
     return LoadedEncoder(
         module=_eval(module),
         name=Path(spec).name,

@@ -120,6 +120,16 @@ def check_compatible(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) 
             )
 
 
+def check_settings(settings: AttackSettings) -> None:
+    """Out-of-range settings are mistakes, not something to drop silently."""
+    if any(int(v) < 1 for v in settings.views_grid):
+        raise LplaError(
+            f"every query budget in --views-grid must be >= 1, got {list(settings.views_grid)}"
+        )
+    if settings.n_bootstrap < 0:
+        raise LplaError(f"--n-bootstrap must be >= 0, got {settings.n_bootstrap}")
+
+
 def _dims_note(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) -> list[str]:
     d = target.candidates.embeddings.shape[2]
     return [
@@ -135,6 +145,7 @@ def run_attacks(
 ) -> AttackRun:
     """Fit every chosen attack on the shadow(s), score the target, and compute the metrics."""
     check_compatible(target, shadows)
+    check_settings(settings)
     k = int(target.candidates.embeddings.shape[1])
     t_in, notes = _as_input(target, settings)
     sh_inputs = []

@@ -35,7 +35,17 @@ def query_checkpoint(enc_dir: Path, name: str, out_dir: Path, *, views: int, see
     config = ckpt.get("config", {})
     role = config.get("role", "target")
     prefix = "shadow" if role == "shadow" else "target"
-    members, nonmembers = split.indices(f"{prefix}_member"), split.indices(f"{prefix}_nonmember")
+    if config.get("shadow_index") is not None:
+        # One shadow of a paired-halves design: its candidates are the whole population (which
+        # contains the target's candidates), IN where its row of the membership matrix says so.
+        from lpla.data.splits import PairedHalves
+        from lpla.ssl.train import PAIRED_HALVES_FILE
+
+        halves = PairedHalves.load(enc_dir / PAIRED_HALVES_FILE)
+        row = halves.membership[int(config["shadow_index"])]
+        members, nonmembers = halves.index[row], halves.index[~row]
+    else:
+        members, nonmembers = split.indices(f"{prefix}_member"), split.indices(f"{prefix}_nonmember")
     if len(members) == 0 or len(nonmembers) == 0:
         raise LplaError(f"{enc_dir}: its split has no {prefix} members or non-members to query")
     device = resolve_device(device)

@@ -2,8 +2,8 @@
 
 Each cell of the grid (framework x backbone x epochs x knowledge setting) is one
 :func:`lpla.audit.run_audit` in its own directory, so a study resumes where it stopped. Cells that
-differ only in the attacker's knowledge share the target encoder: its trained weights and
-embeddings are copied from the ``same``-knowledge cell instead of being trained again.
+differ only in the attacker's knowledge share the target encoder of the ``same``-knowledge cell
+(``AuditConfig.target_dir``) instead of training it again.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import io
 import itertools
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,26 +91,6 @@ def _paper() -> StudyGrid:
     )
 
 
-def _share_target(src: Path, dst: Path) -> None:
-    """Seed a cell with the target stages of a cell that differs only in the shadow."""
-    if not (src / "stages.json").exists():
-        return
-    dst.mkdir(parents=True, exist_ok=True)
-    done = read_json(src / "stages.json")
-    keep = {k: v for k, v in done.items() if k == "split" or k.startswith(("train_target", "embed_target"))}
-    for name in ("split.json", "audit_config.json"):
-        if (src / name).exists() and not (dst / name).exists():
-            shutil.copy2(src / name, dst / name)
-    if (src / "target").exists() and not (dst / "target").exists():
-        shutil.copytree(src / "target", dst / "target")
-    (dst / "embeddings").mkdir(exist_ok=True)
-    for f in (src / "embeddings").glob("target_*.npz"):
-        if not (dst / "embeddings" / f.name).exists():
-            shutil.copy2(f, dst / "embeddings" / f.name)
-    if not (dst / "stages.json").exists():
-        write_json_atomic(dst / "stages.json", keep)
-
-
 def run_study(grid: StudyGrid, out: str | Path, *, log: Callable[[str], None] = print,
               only: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """Run (or resume) every cell, then write the table, the trade-off plot and the summary."""
@@ -123,9 +102,12 @@ def run_study(grid: StudyGrid, out: str | Path, *, log: Callable[[str], None] = 
         if only is not None and not only(name):
             continue
         cell_dir = out / "cells" / name
-        if cfg.knowledge != "same":
-            base_name = name.rsplit("_", 1)[0] + "_same"
-            _share_target(out / "cells" / base_name, cell_dir)
+        if cfg.knowledge != "same":  # the same target as the `same` cell: train it once
+            base_dir = out / "cells" / (name.rsplit("_", 1)[0] + "_same")
+            if not (base_dir / "target" / "model.safetensors").is_file():
+                base_cfg = dataclasses.replace(cfg, knowledge="same", title=cfg.title.rsplit(" / ", 1)[0])
+                run_audit(base_cfg, base_dir, log=lambda m: log("    " + m))
+            cfg = dataclasses.replace(cfg, target_dir=str(base_dir / "target"))
         log(f"[{i}/{len(cells)}] {name}")
         results = run_audit(cfg, cell_dir, log=lambda m: log("    " + m))
         rows.extend(cell_rows(name, cfg, results))

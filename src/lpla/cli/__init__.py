@@ -21,7 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_COMMAND_MODULES = ("listing", "train", "utility", "embed", "attack", "audit", "study", "report")
+_COMMAND_MODULES = (
+    "listing", "train", "utility", "embed", "attack", "audit", "study", "report", "shadows"
+)
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"lpla.cli.{_name}").register(app)
 
@@ -31,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except LplaError as exc:
-        print(f"lpla: error: {exc}", file=sys.stderr)
+        from lpla.cli._common import one_line
+
+        print(f"lpla: error: {one_line(str(exc))}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         print("lpla: interrupted; completed outputs are kept, partial ones discarded", file=sys.stderr)

@@ -22,10 +22,16 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except LplaError as exc:
-            typer.echo(f"lpla: error: {exc}", err=True)
+            typer.echo(f"lpla: error: {one_line(str(exc))}", err=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line(message: str) -> str:
+    """Join a multi-line message (a YAML or torch error quoted in it) into one line for stderr."""
+    parts = [part.strip() for part in message.splitlines()]
+    return " ".join(part for part in parts if part and set(part) != {"^"})
 
 
 def parse_csv(value: str, cast: Callable[[str], Any] = str) -> list[Any]:

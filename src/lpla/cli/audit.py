@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 import typer
@@ -64,6 +66,8 @@ def audit_command(
                  if v is not None}
     cfg = dataclasses.replace(cfg, target=dataclasses.replace(cfg.target, **t_updates), **updates)
     cfg = config_from_dict(cfg.to_dict() | {"p": list(cfg.p)})  # round-trip: validates every key
+    cfg.validate()  # before anything is written to --out
+    _check_split_fits(cfg)
     from lpla.io import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +75,15 @@ def audit_command(
     results = run_audit(cfg, out, log=typer.echo, command=current_command())
     print_attack_table(results, title=f"lpla audit: {cfg.dataset}, {cfg.target.framework}/{cfg.target.backbone}")
     typer.echo(f"report: {out / 'report.html'}")
+
+
+def _check_split_fits(cfg: Any) -> None:
+    """Too many members for the dataset: say so before --out gets a config for an impossible run."""
+    from lpla.audit_stages import _pool_size
+    from lpla.data.splits import make_split
+
+    make_split(cfg.dataset, _pool_size(cfg.dataset, cfg.data_root), members=cfg.members,
+               seed=cfg.seed, reference=cfg.reference)
 
 
 def _audit_given(out: Path, target: Path | None, shadow: list[Path], target_embeddings: Path | None,
@@ -110,10 +123,17 @@ def _audit_given(out: Path, target: Path | None, shadow: list[Path], target_embe
     results = run.results | {"title": "lpla audit", "command": current_command(), "versions": versions(),
                              "config": {"target": str(target or target_embeddings),
                                         "shadows": [str(s) for s in (shadow or shadow_embeddings)]}}
+    member = np.asarray(t.candidates.member)
+    results["split"] = {"dataset": t.candidates.meta.get("dataset"), "seed": t.candidates.meta.get("seed"),
+                        "sizes": {"target_member": int((member == 1).sum()),
+                                  "target_nonmember": int((member == 0).sum())}}
     if target is not None:
-        util = read_json(target / "checkpoint.json").get("utility")
-        if util:
-            results["utility"] = util
+        ckpt = read_json(target / "checkpoint.json")
+        if ckpt.get("utility"):
+            results["utility"] = ckpt["utility"]
+        if (target / "split.json").is_file():
+            split = read_json(target / "split.json")
+            results["split"] = {k: split.get(k) for k in ("dataset", "seed", "sizes", "fingerprint")}
     _save_scores(out / "scores.npz", run.target_member, run.scores)
     _save_norms(out / "norms.npz", run)
     write_json_atomic(out / "results.json", results)

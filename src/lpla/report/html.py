@@ -310,7 +310,7 @@ def run_context(run: RunData) -> dict[str, Any]:
     """Everything the single-run template shows, already formatted."""
     r = run.results
     v = verdict(run.attacks)
-    split = r.get("split") or {}
+    split = {"dataset": None, "seed": None, "fingerprint": None} | (r.get("split") or {})
     return {
         "title": str(r.get("title") or "lpla audit"),
         "run_dir": str(run.path),
