@@ -7,9 +7,9 @@ import os
 os.environ.setdefault("LPLA_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 torch.set_num_threads(1)
 
@@ -31,4 +31,6 @@ def tiny_dataset():
     for i, y in enumerate(labels):
         r, c = divmod(int(y), 2)
         imgs[i, 0, r * 6 : r * 6 + 6, c * 6 : c * 6 + 6] += 150
-    return ArrayDataset(imgs.astype(np.uint8), labels, name="tiny", split="train", num_classes=n_cls)
+    return ArrayDataset(
+        imgs.astype(np.uint8), labels, name="tiny", split="train", num_classes=n_cls
+    )

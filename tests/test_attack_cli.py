@@ -13,8 +13,16 @@ import pytest
 from lpla.embeddings import write_embeddings
 
 
-def _encoder_files(tmp: Path, name: str, scale: float, seed: int, n: int = 300, k: int = 4,
-                   d: int = 16, effect: float = 0.4) -> tuple[Path, Path]:
+def _encoder_files(
+    tmp: Path,
+    name: str,
+    scale: float,
+    seed: int,
+    n: int = 300,
+    k: int = 4,
+    d: int = 16,
+    effect: float = 0.4,
+) -> tuple[Path, Path]:
     """Candidates (members have larger norms) and a reference set, as lpla .npz files."""
     rng = np.random.default_rng(seed)
     member = (np.arange(n) < n // 2).astype(np.int8)
@@ -25,14 +33,19 @@ def _encoder_files(tmp: Path, name: str, scale: float, seed: int, n: int = 300, 
         norms = scale * np.exp(log_norm[:, None] + 0.1 * rng.normal(size=(len(log_norm), k)))
         return (direction * norms[..., None]).astype(np.float32)
 
-    cand = write_embeddings(tmp / f"{name}.npz", emb(0.3 * rng.normal(size=n) + effect * member), member,
-                            np.arange(n) + 1000 * seed)
-    ref = write_embeddings(tmp / f"{name}_ref.npz", emb(0.3 * rng.normal(size=200)),
-                           np.zeros(200, np.int8))
+    cand = write_embeddings(
+        tmp / f"{name}.npz",
+        emb(0.3 * rng.normal(size=n) + effect * member),
+        member,
+        np.arange(n) + 1000 * seed,
+    )
+    ref = write_embeddings(
+        tmp / f"{name}_ref.npz", emb(0.3 * rng.normal(size=200)), np.zeros(200, np.int8)
+    )
     return cand, ref
 
 
-def _run(args: list[str]):  # noqa: ANN202
+def _run(args: list[str]):
     from typer.testing import CliRunner
 
     from lpla.cli import app
@@ -44,9 +57,23 @@ def test_attack_from_embeddings_finds_the_norm_signal(tmp_path: Path) -> None:
     t, t_ref = _encoder_files(tmp_path, "target", scale=3.0, seed=1)
     s, s_ref = _encoder_files(tmp_path, "shadow", scale=1.0, seed=2)
     out = tmp_path / "out"
-    res = _run(["attack", "--target-embeddings", str(t), "--shadow-embeddings", str(s),
-                "--reference-embeddings", str(t_ref), "--shadow-reference-embeddings", str(s_ref),
-                "--n-bootstrap", "100", "--out", str(out)])
+    res = _run(
+        [
+            "attack",
+            "--target-embeddings",
+            str(t),
+            "--shadow-embeddings",
+            str(s),
+            "--reference-embeddings",
+            str(t_ref),
+            "--shadow-reference-embeddings",
+            str(s_ref),
+            "--n-bootstrap",
+            "100",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     for name in ("lpla", "lpla-ref", "norm-threshold"):
@@ -66,8 +93,17 @@ def test_attack_from_embeddings_finds_the_norm_signal(tmp_path: Path) -> None:
 def test_mismatched_views_is_a_clear_error(tmp_path: Path) -> None:
     t, _ = _encoder_files(tmp_path, "target", 1.0, 1, k=4)
     s, _ = _encoder_files(tmp_path, "shadow", 1.0, 2, k=3)
-    res = _run(["attack", "--target-embeddings", str(t), "--shadow-embeddings", str(s), "--out",
-                str(tmp_path / "o")])
+    res = _run(
+        [
+            "attack",
+            "--target-embeddings",
+            str(t),
+            "--shadow-embeddings",
+            str(s),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert res.exit_code == 2
     assert "same --views" in res.output
     assert not (tmp_path / "o" / "results.json").exists()
@@ -77,16 +113,28 @@ def test_shadow_without_members_is_a_clear_error(tmp_path: Path) -> None:
     t, _ = _encoder_files(tmp_path, "target", 1.0, 1)
     z = np.ones((10, 4, 16), np.float32)
     s = write_embeddings(tmp_path / "s.npz", z, np.zeros(10, np.int8))
-    res = _run(["attack", "--target-embeddings", str(t), "--shadow-embeddings", str(s), "--out",
-                str(tmp_path / "o")])
+    res = _run(
+        [
+            "attack",
+            "--target-embeddings",
+            str(t),
+            "--shadow-embeddings",
+            str(s),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert res.exit_code == 2
     assert "members and non-members" in res.output
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "either --target"),
-    (["--target-embeddings", "missing.npz", "--shadow-embeddings", "missing.npz"], "not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "either --target"),
+        (["--target-embeddings", "missing.npz", "--shadow-embeddings", "missing.npz"], "not found"),
+    ],
+)
 def test_bad_invocations(tmp_path: Path, args: list[str], message: str) -> None:
     res = _run(["attack", *args, "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
@@ -94,8 +142,11 @@ def test_bad_invocations(tmp_path: Path, args: list[str], message: str) -> None:
 
 
 def test_attack_subprocess_user_error_is_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "lpla.cli", "attack", "--out", str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lpla.cli", "attack", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("lpla: error:")
     assert "Traceback" not in proc.stderr

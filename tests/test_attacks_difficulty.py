@@ -23,19 +23,24 @@ def _embeddings(rng: np.random.Generator, log_norm: np.ndarray, scale: float) ->
     return (direction * norms[..., None]).astype(np.float32)
 
 
-def _side(rng: np.random.Generator, n: int, scale: float, effect: float = EFFECT) -> tuple[AttackInput, np.ndarray]:
+def _side(
+    rng: np.random.Generator, n: int, scale: float, effect: float = EFFECT
+) -> tuple[AttackInput, np.ndarray]:
     """Own encoder (members boosted) and a baseline encoder that never saw the images."""
     difficulty = rng.normal(0.0, 0.5, size=n)  # per-image nuisance shared by both encoders
     member = (np.arange(n) < n // 2).astype(np.int8)
     ref_difficulty = rng.normal(0.0, 0.5, size=1000)
 
-    def stats(e: np.ndarray):  # noqa: ANN202
+    def stats(e: np.ndarray):
         return compute_stats(e, p=(2.0,))
 
     own = stats(_embeddings(rng, difficulty + effect * member, scale))
     base = stats(_embeddings(rng, difficulty, 1.0))
     inp = AttackInput(
-        own, member, reference=stats(_embeddings(rng, ref_difficulty, scale)), baseline=base,
+        own,
+        member,
+        reference=stats(_embeddings(rng, ref_difficulty, scale)),
+        baseline=base,
         baseline_reference=stats(_embeddings(rng, ref_difficulty, 1.0)),
     )
     return inp, member

@@ -1,4 +1,4 @@
-"""`lpla audit` end to end on tiny settings: results shape, caching, knowledge, defenses, reports."""
+"""`lpla audit` end to end on tiny settings: results, caching, knowledge, defenses, reports."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import pytest
 import yaml
 
 TINY = {
-    "members": 16, "views": 3, "views_grid": [1, 3], "n_bootstrap": 50, "utility": False,
+    "members": 16,
+    "views": 3,
+    "views_grid": [1, 3],
+    "n_bootstrap": 50,
+    "utility": False,
     "target": {"framework": "simclr", "backbone": "mlp", "epochs": 2, "batch_size": 16},
 }
 
@@ -22,7 +26,7 @@ def _config(tmp: Path, **extra: object) -> Path:
     return path
 
 
-def _audit(args: list[str]):  # noqa: ANN202
+def _audit(args: list[str]):
     from typer.testing import CliRunner
 
     from lpla.cli import app
@@ -45,8 +49,15 @@ def test_audit_writes_results_report_and_caches_stages(tmp_path: Path) -> None:
         assert set(entry["tpr_at_fpr"]) == {"0.001", "0.01"}
     html = (out / "report.html").read_text()
     assert 'id="attack-table"' in html and "data:image/png;base64" in html
-    for f in ("split.json", "audit_config.json", "norms.npz", "scores.npz", "target/model.safetensors",
-              "shadow/model.safetensors", "embeddings/target_candidates.npz"):
+    for f in (
+        "split.json",
+        "audit_config.json",
+        "norms.npz",
+        "scores.npz",
+        "target/model.safetensors",
+        "shadow/model.safetensors",
+        "embeddings/target_candidates.npz",
+    ):
         assert (out / f).exists(), f
     # a re-run trains nothing and queries nothing: every stage is cached
     again = _audit(["--config", str(_config(tmp_path)), "--out", str(out)])
@@ -76,27 +87,50 @@ def test_audit_of_given_encoders_and_embeddings(tmp_path: Path) -> None:
     base = tmp_path / "base"
     assert _audit(["--config", str(_config(tmp_path)), "--out", str(base)]).exit_code == 0
     mine = tmp_path / "mine"
-    res = _audit(["--target", str(base / "target"), "--shadow", str(base / "shadow"), "--views", "3",
-                  "--out", str(mine)])
+    res = _audit(
+        [
+            "--target",
+            str(base / "target"),
+            "--shadow",
+            str(base / "shadow"),
+            "--views",
+            "3",
+            "--out",
+            str(mine),
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert (mine / "report.html").is_file()
     emb = tmp_path / "emb"
-    res = _audit(["--target-embeddings", str(base / "embeddings/target_candidates.npz"),
-                  "--shadow-embeddings", str(base / "embeddings/shadow_candidates.npz"),
-                  "--reference-embeddings", str(base / "embeddings/target_reference.npz"),
-                  "--out", str(emb)])
+    res = _audit(
+        [
+            "--target-embeddings",
+            str(base / "embeddings/target_candidates.npz"),
+            "--shadow-embeddings",
+            str(base / "embeddings/shadow_candidates.npz"),
+            "--reference-embeddings",
+            str(base / "embeddings/target_reference.npz"),
+            "--out",
+            str(emb),
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert "lpla" in json.loads((emb / "results.json").read_text())["attacks"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--members", "1"], "--members must be at least 2"),
-    (["--knowledge", "telepathy"], "unknown knowledge setting"),
-    (["--p", "0"], "every p must be > 0"),
-    (["--dataset", "nope"], "unknown dataset"),
-    (["--framework", "nope", "--epochs", "1"], "unknown"),
-])
-def test_audit_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--members", "1"], "--members must be at least 2"),
+        (["--knowledge", "telepathy"], "unknown knowledge setting"),
+        (["--p", "0"], "every p must be > 0"),
+        (["--dataset", "nope"], "unknown dataset"),
+        (["--framework", "nope", "--epochs", "1"], "unknown"),
+    ],
+)
+def test_audit_bad_input_is_one_line_and_writes_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     out = tmp_path / "run"
     res = _audit([*args, "--out", str(out), "--no-utility"])
     assert res.exit_code == 2, res.output
@@ -112,5 +146,7 @@ def test_audit_config_unknown_key(tmp_path: Path) -> None:
 
 
 def test_audit_subprocess_help() -> None:
-    proc = subprocess.run([sys.executable, "-m", "lpla.cli", "audit", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lpla.cli", "audit", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "--knowledge" in proc.stdout

@@ -42,7 +42,7 @@ def test_bad_specs_are_user_errors() -> None:
         parse_defense("blur")
     with pytest.raises(LplaError, match="must be a number"):
         parse_defense("noise:lots")
-    with pytest.raises(LplaError, match=">= 0"):
+    with pytest.raises(LplaError, match=r">= 0"):
         create_defense("noise:-1")
-    with pytest.raises(LplaError, match="1..16"):
+    with pytest.raises(LplaError, match=r"1\.\.16"):
         create_defense("quantize:0")

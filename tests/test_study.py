@@ -27,18 +27,30 @@ def test_spearman_hand_cases() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40])[0] == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1])[0] == pytest.approx(-1.0)
     assert spearman([1, 2], [1, 2]) == (None, None)
-    rows = [{"knowledge": "same", "attack": "a", "linear_probe_acc": x, "auc": y, "tpr_at_1pct_fpr": y}
-            for x, y in [(0.8, 0.6), (0.82, 0.62), (0.85, 0.7), (0.9, 0.65)]]
+    rows = [
+        {"knowledge": "same", "attack": "a", "linear_probe_acc": x, "auc": y, "tpr_at_1pct_fpr": y}
+        for x, y in [(0.8, 0.6), (0.82, 0.62), (0.85, 0.7), (0.9, 0.65)]
+    ]
     s = tradeoff_summary(rows)["a"]
     assert s["n_encoders"] == 4 and s["spearman_auc_vs_probe"] == pytest.approx(0.8)
 
 
 @pytest.mark.slow
 def test_tiny_study_runs_resumes_and_shares_targets(tmp_path: Path) -> None:
-    base = AuditConfig(members=16, views=3, views_grid=(1, 3), n_bootstrap=50, utility=False,
-                       target=EncoderSpec(epochs=2, batch_size=16))
-    grid = StudyGrid(base=base, frameworks=("simclr", "vicreg"), epochs=(2,),
-                     knowledge=("same", "other-backbone"))
+    base = AuditConfig(
+        members=16,
+        views=3,
+        views_grid=(1, 3),
+        n_bootstrap=50,
+        utility=False,
+        target=EncoderSpec(epochs=2, batch_size=16),
+    )
+    grid = StudyGrid(
+        base=base,
+        frameworks=("simclr", "vicreg"),
+        epochs=(2,),
+        knowledge=("same", "other-backbone"),
+    )
     logs: list[str] = []
     rows = run_study(grid, tmp_path, log=logs.append)
     assert {r["framework"] for r in rows} == {"simclr", "vicreg"}
@@ -48,7 +60,9 @@ def test_tiny_study_runs_resumes_and_shares_targets(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "study.json").read_text())
     assert set(summary["auc_by_knowledge"]["lpla"]) == {"same", "other-backbone"}
     # the other-backbone cell reused the target trained by the same-knowledge cell
-    other = "\n".join(logs[logs.index(next(m for m in logs if "simclr_mlp_e2_other-backbone" in m)):])
+    other = "\n".join(
+        logs[logs.index(next(m for m in logs if "simclr_mlp_e2_other-backbone" in m)) :]
+    )
     assert "[shared] train_target" in other and "[run] train_shadow" in other
     # a second run recomputes nothing that was trained
     logs2: list[str] = []

@@ -44,7 +44,9 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LplaError(f"device {device!r} asked for, but no CUDA GPU is visible; use --device cpu")
+        raise LplaError(
+            f"device {device!r} asked for, but no CUDA GPU is visible; use --device cpu"
+        )
     if device not in ("cpu", "mps") and not device.startswith("cuda"):
         raise LplaError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
     return device

@@ -39,9 +39,13 @@ def merge_shadows(dirs: list[Path], out: Path) -> dict[str, Any]:
         halves = PairedHalves.load(Path(d) / PAIRED_HALVES_FILE)
         if design is None:
             design = halves
-        elif not (np.array_equal(design.index, halves.index)
-                  and np.array_equal(design.membership, halves.membership)):
-            raise LplaError(f"{d} was trained on another paired-halves design (other split or seed)")
+        elif not (
+            np.array_equal(design.index, halves.index)
+            and np.array_equal(design.membership, halves.membership)
+        ):
+            raise LplaError(
+                f"{d} was trained on another paired-halves design (other split or seed)"
+            )
         i = int(cfg["shadow_index"])
         if i in rows:
             raise LplaError(f"shadow index {i} appears twice: {rows[i]} and {d}")
@@ -50,7 +54,17 @@ def merge_shadows(dirs: list[Path], out: Path) -> dict[str, Any]:
         raise LplaError("none of the shadow jobs has finished yet: " + ", ".join(unfinished))
     order = sorted(rows)
     with atomic_path(out) as tmp:
-        np.savez(tmp, index=design.index, membership=design.membership[order],
-                 shadow_index=np.asarray(order, dtype=np.int64), shadow_dirs=np.asarray([rows[i] for i in order]))
-    return {"finished": len(order), "of": design.num_shadows, "unfinished": unfinished,
-            "missing": sorted(set(range(design.num_shadows)) - set(order)), "out": str(out)}
+        np.savez(
+            tmp,
+            index=design.index,
+            membership=design.membership[order],
+            shadow_index=np.asarray(order, dtype=np.int64),
+            shadow_dirs=np.asarray([rows[i] for i in order]),
+        )
+    return {
+        "finished": len(order),
+        "of": design.num_shadows,
+        "unfinished": unfinished,
+        "missing": sorted(set(range(design.num_shadows)) - set(order)),
+        "out": str(out),
+    }

@@ -21,7 +21,7 @@ import numpy as np
 
 from lpla.audit import AuditConfig, EncoderSpec, run_audit
 from lpla.errors import LplaError
-from lpla.io import read_json, write_json_atomic, write_text_atomic
+from lpla.io import write_json_atomic, write_text_atomic
 from lpla.registry import Registry
 
 
@@ -43,13 +43,21 @@ class StudyGrid:
 
     def cells(self) -> list[tuple[str, AuditConfig]]:
         out = []
-        for fw, bb, ep, kn in itertools.product(self.frameworks, self.backbones, self.epochs, self.knowledge):
+        for fw, bb, ep, kn in itertools.product(
+            self.frameworks, self.backbones, self.epochs, self.knowledge
+        ):
             if kn != "same" and self.knowledge_at == "longest" and ep != max(self.epochs):
                 continue
-            spec = dataclasses.replace(self.base.target, framework=fw, backbone=bb, epochs=ep,
-                                       **self.backbone_overrides.get(bb, {}))
-            cfg = dataclasses.replace(self.base, target=spec, knowledge=kn,
-                                      title=f"{fw} / {bb} / {ep} epochs / {kn}")
+            spec = dataclasses.replace(
+                self.base.target,
+                framework=fw,
+                backbone=bb,
+                epochs=ep,
+                **self.backbone_overrides.get(bb, {}),
+            )
+            cfg = dataclasses.replace(
+                self.base, target=spec, knowledge=kn, title=f"{fw} / {bb} / {ep} epochs / {kn}"
+            )
             out.append((f"{fw}_{bb}_e{ep}_{kn.replace('+', '-')}", cfg))
         return out
 
@@ -57,7 +65,10 @@ class StudyGrid:
 PRESETS: Registry[Callable[[], StudyGrid]] = Registry("study preset")
 
 
-@PRESETS.register("cpu-quick", "4 frameworks x 2 training lengths on the embedded Fashion-MNIST + knowledge settings (2 CPU cores)")
+@PRESETS.register(
+    "cpu-quick",
+    "4 frameworks x 2 training lengths on embedded Fashion-MNIST + knowledge settings (2 CPUs)",
+)
 def _cpu_quick() -> StudyGrid:
     base = AuditConfig(n_bootstrap=500)
     return StudyGrid(
@@ -68,8 +79,9 @@ def _cpu_quick() -> StudyGrid:
         knowledge=("same", "other-framework", "other-backbone"),
         knowledge_at="longest",
         description=(
-            "CPU scale: embedded Fashion-MNIST, 128 stratified members, MLP backbone, weak augmentation "
-            "(crop 0.8-1, jitter 0.2), K = 10 views with a clean view 0; 4 frameworks x 100/500 epochs, "
+            "CPU scale: embedded Fashion-MNIST, 128 stratified members, MLP backbone, weak "
+            "augmentation (crop 0.8-1, jitter 0.2), K = 10 views with a clean view 0; 4 frameworks "
+            "x 100/500 epochs, "
             "and at 500 epochs the attacker's shadow also with another framework or backbone."
         ),
     )
@@ -77,8 +89,16 @@ def _cpu_quick() -> StudyGrid:
 
 @PRESETS.register("paper", "CIFAR-10 ResNet-18/50, 7 frameworks, hundreds of epochs (GPU)")
 def _paper() -> StudyGrid:
-    target = EncoderSpec(framework="simclr", backbone="resnet18", epochs=500, batch_size=512, lr=1e-3,
-                         augmentation="simclr", crop_scale_min=0.2, jitter=0.4)
+    target = EncoderSpec(
+        framework="simclr",
+        backbone="resnet18",
+        epochs=500,
+        batch_size=512,
+        lr=1e-3,
+        augmentation="simclr",
+        crop_scale_min=0.2,
+        jitter=0.4,
+    )
     base = AuditConfig(dataset="cifar10", members=10000, target=target, views=10, device="auto")
     return StudyGrid(
         base=base,
@@ -91,8 +111,13 @@ def _paper() -> StudyGrid:
     )
 
 
-def run_study(grid: StudyGrid, out: str | Path, *, log: Callable[[str], None] = print,
-              only: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+def run_study(
+    grid: StudyGrid,
+    out: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    only: Callable[[str], bool] | None = None,
+) -> list[dict[str, Any]]:
     """Run (or resume) every cell, then write the table, the trade-off plot and the summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +130,9 @@ def run_study(grid: StudyGrid, out: str | Path, *, log: Callable[[str], None] = 
         if cfg.knowledge != "same":  # the same target as the `same` cell: train it once
             base_dir = out / "cells" / (name.rsplit("_", 1)[0] + "_same")
             if not (base_dir / "target" / "model.safetensors").is_file():
-                base_cfg = dataclasses.replace(cfg, knowledge="same", title=cfg.title.rsplit(" / ", 1)[0])
+                base_cfg = dataclasses.replace(
+                    cfg, knowledge="same", title=cfg.title.rsplit(" / ", 1)[0]
+                )
                 run_audit(base_cfg, base_dir, log=lambda m: log("    " + m))
             cfg = dataclasses.replace(cfg, target_dir=str(base_dir / "target"))
         log(f"[{i}/{len(cells)}] {name}")
@@ -119,19 +146,43 @@ def cell_rows(name: str, cfg: AuditConfig, results: dict[str, Any]) -> list[dict
     util = results.get("utility") or {}
     rows = []
     for attack, r in results["attacks"].items():
-        rows.append({
-            "cell": name, "dataset": cfg.dataset, "framework": cfg.target.framework,
-            "backbone": cfg.target.backbone, "epochs": cfg.target.epochs, "knowledge": cfg.knowledge,
-            "attack": attack, "auc": r["auc"], "auc_lo": r["auc_ci95"][0], "auc_hi": r["auc_ci95"][1],
-            "tpr_at_1pct_fpr": r["tpr_at_fpr"].get("0.01"), "advantage": r["advantage"],
-            "linear_probe_acc": util.get("linear_probe_acc"), "knn_acc": util.get("knn_acc"),
-            "auc_vs_views": results.get("auc_vs_views", {}).get(attack, {}),
-        })
+        rows.append(
+            {
+                "cell": name,
+                "dataset": cfg.dataset,
+                "framework": cfg.target.framework,
+                "backbone": cfg.target.backbone,
+                "epochs": cfg.target.epochs,
+                "knowledge": cfg.knowledge,
+                "attack": attack,
+                "auc": r["auc"],
+                "auc_lo": r["auc_ci95"][0],
+                "auc_hi": r["auc_ci95"][1],
+                "tpr_at_1pct_fpr": r["tpr_at_fpr"].get("0.01"),
+                "advantage": r["advantage"],
+                "linear_probe_acc": util.get("linear_probe_acc"),
+                "knn_acc": util.get("knn_acc"),
+                "auc_vs_views": results.get("auc_vs_views", {}).get(attack, {}),
+            }
+        )
     return rows
 
 
-_COLUMNS = ("cell", "framework", "backbone", "epochs", "knowledge", "attack", "auc", "auc_lo", "auc_hi",
-            "tpr_at_1pct_fpr", "advantage", "linear_probe_acc", "knn_acc")
+_COLUMNS = (
+    "cell",
+    "framework",
+    "backbone",
+    "epochs",
+    "knowledge",
+    "attack",
+    "auc",
+    "auc_lo",
+    "auc_hi",
+    "tpr_at_1pct_fpr",
+    "advantage",
+    "linear_probe_acc",
+    "knn_acc",
+)
 
 
 def _fmt(v: Any) -> str:
@@ -159,10 +210,16 @@ def tradeoff_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for attack in sorted({r["attack"] for r in same}):
         pts = [r for r in same if r["attack"] == attack]
         rho, pval = spearman([r["linear_probe_acc"] for r in pts], [r["auc"] for r in pts])
-        rho_t, _ = spearman([r["linear_probe_acc"] for r in pts],
-                            [r["tpr_at_1pct_fpr"] if r["tpr_at_1pct_fpr"] is not None else 0.0 for r in pts])
-        out[attack] = {"n_encoders": len(pts), "spearman_auc_vs_probe": rho, "p_value": pval,
-                       "spearman_tpr1_vs_probe": rho_t}
+        rho_t, _ = spearman(
+            [r["linear_probe_acc"] for r in pts],
+            [r["tpr_at_1pct_fpr"] if r["tpr_at_1pct_fpr"] is not None else 0.0 for r in pts],
+        )
+        out[attack] = {
+            "n_encoders": len(pts),
+            "spearman_auc_vs_probe": rho,
+            "p_value": pval,
+            "spearman_tpr1_vs_probe": rho_t,
+        }
     return out
 
 
@@ -182,8 +239,10 @@ def views_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             continue
         for k, v in r["auc_vs_views"].items():
             acc.setdefault(r["attack"], {}).setdefault(k, []).append(v)
-    return {a: {k: float(np.mean(v)) for k, v in sorted(ks.items(), key=lambda kv: int(kv[0]))}
-            for a, ks in acc.items()}
+    return {
+        a: {k: float(np.mean(v)) for k, v in sorted(ks.items(), key=lambda kv: int(kv[0]))}
+        for a, ks in acc.items()
+    }
 
 
 def write_study_outputs(rows: list[dict[str, Any]], out: Path, description: str = "") -> None:
@@ -194,8 +253,13 @@ def write_study_outputs(rows: list[dict[str, Any]], out: Path, description: str 
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "study.csv", buf.getvalue())
-    summary = {"tradeoff": tradeoff_summary(rows), "auc_by_knowledge": knowledge_table(rows),
-               "auc_by_views": views_table(rows), "description": description, "rows": rows}
+    summary = {
+        "tradeoff": tradeoff_summary(rows),
+        "auc_by_knowledge": knowledge_table(rows),
+        "auc_by_views": views_table(rows),
+        "description": description,
+        "rows": rows,
+    }
     write_json_atomic(out / "study.json", summary)
     write_text_atomic(out / "study.md", study_markdown(summary))
     _plot(rows, summary, out)
@@ -203,24 +267,44 @@ def write_study_outputs(rows: list[dict[str, Any]], out: Path, description: str 
 
 def study_markdown(summary: dict[str, Any]) -> str:
     rows = summary["rows"]
-    lines = [f"# lpla study\n\n{summary.get('description', '')}\n", "## Every encoder and attack\n",
-             "| " + " | ".join(_COLUMNS[1:]) + " |", "|" + "---|" * (len(_COLUMNS) - 1)]
+    lines = [
+        f"# lpla study\n\n{summary.get('description', '')}\n",
+        "## Every encoder and attack\n",
+        "| " + " | ".join(_COLUMNS[1:]) + " |",
+        "|" + "---|" * (len(_COLUMNS) - 1),
+    ]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in _COLUMNS[1:]) + " |" for r in rows]
-    lines += ["", "## Leakage vs utility (same knowledge): Spearman rank correlation with linear-probe accuracy\n",
-              "| attack | encoders | rho (AUC) | p-value | rho (TPR@1%FPR) |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Leakage vs utility (same knowledge): Spearman rank correlation with linear-probe "
+        "accuracy\n",
+        "| attack | encoders | rho (AUC) | p-value | rho (TPR@1%FPR) |",
+        "|---|---|---|---|---|",
+    ]
     for a, s in summary["tradeoff"].items():
-        lines.append(f"| {a} | {s['n_encoders']} | {_fmt(s['spearman_auc_vs_probe'])} | {_fmt(s['p_value'])} | "
-                     f"{_fmt(s['spearman_tpr1_vs_probe'])} |")
+        lines.append(
+            f"| {a} | {s['n_encoders']} | {_fmt(s['spearman_auc_vs_probe'])} | "
+            f"{_fmt(s['p_value'])} | "
+            f"{_fmt(s['spearman_tpr1_vs_probe'])} |"
+        )
     kn = summary["auc_by_knowledge"]
     settings = sorted({k for v in kn.values() for k in v})
-    lines += ["", "## Mean AUC by attacker knowledge\n", "| attack | " + " | ".join(settings) + " |",
-              "|---|" + "---|" * len(settings)]
+    lines += [
+        "",
+        "## Mean AUC by attacker knowledge\n",
+        "| attack | " + " | ".join(settings) + " |",
+        "|---|" + "---|" * len(settings),
+    ]
     for a, v in sorted(kn.items()):
         lines.append(f"| {a} | " + " | ".join(_fmt(v.get(s)) for s in settings) + " |")
     vk = summary["auc_by_views"]
     ks = sorted({int(k) for v in vk.values() for k in v})
-    lines += ["", "## Mean AUC by query budget K (same knowledge)\n", "| attack | " + " | ".join(f"K={k}" for k in ks) + " |",
-              "|---|" + "---|" * len(ks)]
+    lines += [
+        "",
+        "## Mean AUC by query budget K (same knowledge)\n",
+        "| attack | " + " | ".join(f"K={k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
     for a, v in sorted(vk.items()):
         lines.append(f"| {a} | " + " | ".join(_fmt(v.get(str(k))) for k in ks) + " |")
     return "\n".join(lines) + "\n"

@@ -26,7 +26,14 @@ from lpla.attacks.base import (
 from lpla.attacks.features import AttackInput, PSpec, QueryStats, parse_p
 from lpla.errors import LplaError
 
-__all__ = ["LplaAttack", "LplaDiffAttack", "LplaRefAttack", "NormThresholdAttack", "norm_features", "norm_location"]
+__all__ = [
+    "LplaAttack",
+    "LplaDiffAttack",
+    "LplaRefAttack",
+    "NormThresholdAttack",
+    "norm_features",
+    "norm_location",
+]
 
 STATISTICS = ("mean+std", "mean", "clean")
 
@@ -242,7 +249,9 @@ class LplaDiffAttack(LplaAttack):
                 "an encoder that did not train on them (audit computes them; or use lpla)"
             )
         if item.baseline_reference is None:
-            raise LplaError(f"lpla-diff needs the baseline encoder's reference statistics for the {who}")
+            raise LplaError(
+                f"lpla-diff needs the baseline encoder's reference statistics for the {who}"
+            )
         base = AttackInput(item.baseline, reference=item.baseline_reference, name=f"{who} baseline")
         return own - super()._features(base, p_values, f"{who}'s baseline")
 

@@ -64,9 +64,12 @@ def _registries() -> dict[str, Callable[[], Registry]]:
 
 @user_errors
 def list_command(
-    what: str = typer.Argument("all", help="datasets, backbones, frameworks, augmentations, attacks, defenses, studies or all"),
+    what: str = typer.Argument(
+        "all",
+        help="datasets, backbones, frameworks, augmentations, attacks, defenses, studies or all",
+    ),
 ) -> None:
-    """List the registered datasets, backbones, SSL frameworks, augmentations, attacks, defenses and study presets."""
+    """List the registered datasets, backbones, frameworks, augmentations, attacks, defenses, studies."""
     regs = _registries()
     if what != "all" and what not in regs:
         raise LplaError(f"unknown registry {what!r}; choose one of: all, {', '.join(regs)}")

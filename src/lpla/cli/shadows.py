@@ -11,10 +11,14 @@ from lpla.cli._common import user_errors
 
 @user_errors
 def merge_shadows_command(
-    dirs: list[Path] = typer.Argument(..., help="shadow checkpoint directories (lpla train --shadow-index i ...)"),
-    out: Path = typer.Option(Path("membership.npz"), help="merged (shadows x images) membership matrix"),
+    dirs: list[Path] = typer.Argument(
+        ..., help="shadow checkpoint directories (lpla train --shadow-index i ...)"
+    ),
+    out: Path = typer.Option(
+        Path("membership.npz"), help="merged (shadows x images) membership matrix"
+    ),
 ) -> None:
-    """Check that finished shadow jobs share one paired-halves design and write its membership matrix."""
+    """Check that finished shadow jobs share one design; write their membership matrix."""
     from lpla.shadows import merge_shadows
 
     summary = merge_shadows(dirs, out)

@@ -13,12 +13,16 @@ from lpla.cli._common import user_errors
 @user_errors
 def study_command(
     preset: str = typer.Option("cpu-quick", help="study preset (lpla list studies)"),
-    out: Path = typer.Option(Path("runs/study"), help="study directory (one sub-directory per cell)"),
-    only: str | None = typer.Option(None, help="run only cells whose name matches this glob, e.g. 'simclr_*'"),
+    out: Path = typer.Option(
+        Path("runs/study"), help="study directory (one sub-directory per cell)"
+    ),
+    only: str | None = typer.Option(
+        None, help="run only cells whose name matches this glob, e.g. 'simclr_*'"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and exit"),
     device: str | None = typer.Option(None, help="override the preset's device"),
 ) -> None:
-    """Run every cell of a study grid (resumable) and write study.csv/.md/.json and the trade-off plot."""
+    """Run every cell of a study grid (resumable); write the tables and the trade-off plot."""
     import dataclasses
 
     from lpla.study import PRESETS, run_study

@@ -20,13 +20,23 @@ def print_attack_table(results: dict[str, Any], title: str = "membership inferen
     for name, r in rows:
         lo, hi = r["auc_ci95"]
         tpr = r.get("tpr_at_fpr", {})
-        table.add_row(name, _fmt(r["auc"]), f"[{lo:.3f}, {hi:.3f}]", _fmt(tpr.get("0.001")),
-                      _fmt(tpr.get("0.01")), _fmt(r.get("balanced_accuracy")),
-                      _fmt(r.get("balanced_accuracy_oracle")), _fmt(r.get("advantage")))
+        table.add_row(
+            name,
+            _fmt(r["auc"]),
+            f"[{lo:.3f}, {hi:.3f}]",
+            _fmt(tpr.get("0.001")),
+            _fmt(tpr.get("0.01")),
+            _fmt(r.get("balanced_accuracy")),
+            _fmt(r.get("balanced_accuracy_oracle")),
+            _fmt(r.get("advantage")),
+        )
     console = Console(width=None if Console().is_terminal else 120)
     console.print(table)
-    console.print("bal.acc: at the threshold chosen on the shadow; bal.acc*: best threshold (oracle)")
+    console.print(
+        "bal.acc: at the threshold chosen on the shadow; bal.acc*: best threshold (oracle)"
+    )
     util = results.get("utility")
     if util:
-        console.print("utility: " + ", ".join(f"{k}={v:.3f}" for k, v in util.items()
-                                              if isinstance(v, float)))
+        console.print(
+            "utility: " + ", ".join(f"{k}={v:.3f}" for k, v in util.items() if isinstance(v, float))
+        )

@@ -51,8 +51,9 @@ def _as_index_array(values: Any, what: str) -> np.ndarray:
     """A 1-D int64 array from a list of integers, refusing floats, bools, strings and nesting."""
     if isinstance(values, np.ndarray):
         if values.ndim != 1 or not (np.issubdtype(values.dtype, np.integer) or values.size == 0):
-            raise LplaError(f"{what} must be a 1-D array of integers, got {values.dtype} "
-                            f"{list(values.shape)}")
+            raise LplaError(
+                f"{what} must be a 1-D array of integers, got {values.dtype} {list(values.shape)}"
+            )
         return values.astype(np.int64)
     if not isinstance(values, list | tuple):
         raise LplaError(f"{what} must be a list of integers, got {type(values).__name__}")
@@ -82,8 +83,9 @@ class MembershipSplit:
         if not _is_int(self.seed):
             raise LplaError(f"split seed must be an integer, got {self.seed!r}")
         self.pool_size, self.seed = int(self.pool_size), int(self.seed)
-        self.roles = {r: np.sort(_as_index_array(self.roles.get(r, []), f"split role {r}"))
-                      for r in ROLES}
+        self.roles = {
+            r: np.sort(_as_index_array(self.roles.get(r, []), f"split role {r}")) for r in ROLES
+        }
         self.sizes = {r: len(v) for r, v in self.roles.items()}
         self.validate()
 
@@ -91,17 +93,21 @@ class MembershipSplit:
         """Indices inside the pool, no duplicates within or across roles."""
         for role, idx in self.roles.items():
             if idx.size and (idx.min() < 0 or idx.max() >= self.pool_size):
-                raise LplaError(f"split role {role} has indices outside 0..{self.pool_size - 1} "
-                                f"(the {self.dataset}/{self.pool_split} pool)")
+                raise LplaError(
+                    f"split role {role} has indices outside 0..{self.pool_size - 1} "
+                    f"(the {self.dataset}/{self.pool_split} pool)"
+                )
             if idx.size > 1 and (np.diff(idx) == 0).any():
                 twice = int(idx[1:][np.diff(idx) == 0][0])
                 raise LplaError(f"split role {role} lists image {twice} twice")
         for i, a in enumerate(ROLES):
-            for b in ROLES[i + 1:]:
+            for b in ROLES[i + 1 :]:
                 common = np.intersect1d(self.roles[a], self.roles[b])
                 if common.size:
-                    raise LplaError(f"split roles {a} and {b} overlap (image {int(common[0])}); "
-                                    "they must be disjoint")
+                    raise LplaError(
+                        f"split roles {a} and {b} overlap (image {int(common[0])}); "
+                        "they must be disjoint"
+                    )
 
     def indices(self, role: str) -> np.ndarray:
         """Sorted dataset indices of ``role`` (one of :data:`ROLES`)."""
@@ -118,8 +124,12 @@ class MembershipSplit:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": SPLIT_FORMAT, "dataset": self.dataset, "pool_split": self.pool_split,
-            "pool_size": self.pool_size, "seed": self.seed, "sizes": dict(self.sizes),
+            "format": SPLIT_FORMAT,
+            "dataset": self.dataset,
+            "pool_split": self.pool_split,
+            "pool_size": self.pool_size,
+            "seed": self.seed,
+            "sizes": dict(self.sizes),
             "fingerprint": self.fingerprint(),
             "roles": {r: v.tolist() for r, v in self.roles.items()},
         }
@@ -131,13 +141,18 @@ class MembershipSplit:
     def from_dict(cls, raw: Any, where: str = "split manifest") -> MembershipSplit:
         """Validate a manifest dict (types, ranges, disjointness, fingerprint) into a split."""
         if not isinstance(raw, dict):
-            raise LplaError(f"{where} is not a split manifest (a JSON {type(raw).__name__}, "
-                            "not an object); re-create it")
+            raise LplaError(
+                f"{where} is not a split manifest (a JSON {type(raw).__name__}, "
+                "not an object); re-create it"
+            )
         if raw.get("format") != SPLIT_FORMAT:
-            raise LplaError(f"{where}: unsupported split format {raw.get('format')!r} (this lpla "
-                            f"reads format {SPLIT_FORMAT}); re-create it or upgrade lpla")
-        missing = [k for k in ("dataset", "pool_size", "seed", "roles", "fingerprint")
-                   if k not in raw]
+            raise LplaError(
+                f"{where}: unsupported split format {raw.get('format')!r} (this lpla "
+                f"reads format {SPLIT_FORMAT}); re-create it or upgrade lpla"
+            )
+        missing = [
+            k for k in ("dataset", "pool_size", "seed", "roles", "fingerprint") if k not in raw
+        ]
         if missing:
             raise LplaError(f"{where} lacks {', '.join(missing)}; re-create it")
         roles_raw = raw["roles"]
@@ -147,14 +162,20 @@ class MembershipSplit:
         if not isinstance(raw["dataset"], str) or not isinstance(pool_split, str):
             raise LplaError(f"{where}: 'dataset' and 'pool_split' must be strings")
         try:
-            split = cls(dataset=raw["dataset"], pool_size=raw["pool_size"], seed=raw["seed"],
-                        roles={r: _as_index_array(roles_raw[r], f"role {r}") for r in ROLES},
-                        pool_split=pool_split)
+            split = cls(
+                dataset=raw["dataset"],
+                pool_size=raw["pool_size"],
+                seed=raw["seed"],
+                roles={r: _as_index_array(roles_raw[r], f"role {r}") for r in ROLES},
+                pool_split=pool_split,
+            )
         except LplaError as exc:
             raise LplaError(f"{where}: {exc.message}; re-create it with the same seed") from None
         if raw["fingerprint"] != split.fingerprint():
-            raise LplaError(f"{where}: fingerprint does not match its roles (edited or corrupt); "
-                            "re-create it with the same seed")
+            raise LplaError(
+                f"{where}: fingerprint does not match its roles (edited or corrupt); "
+                "re-create it with the same seed"
+            )
         sizes = raw.get("sizes")
         if sizes is not None and sizes != split.sizes:
             raise LplaError(f"{where}: 'sizes' {sizes} disagree with its roles {split.sizes}")
@@ -165,9 +186,17 @@ class MembershipSplit:
         return cls.from_dict(read_json(path, what="split manifest"), where=str(path))
 
 
-def make_split(dataset: str, pool_size: int, *, members: int, seed: int,
-               shadow_members: int | None = None, nonmembers: int | None = None,
-               reference: int | None = None, stratify: np.ndarray | None = None) -> MembershipSplit:
+def make_split(
+    dataset: str,
+    pool_size: int,
+    *,
+    members: int,
+    seed: int,
+    shadow_members: int | None = None,
+    nonmembers: int | None = None,
+    reference: int | None = None,
+    stratify: np.ndarray | None = None,
+) -> MembershipSplit:
     """A seeded, balanced, disjoint split of ``pool_size`` images (see the module docstring).
 
     Defaults: as many target non-members and shadow members as ``members``, as many shadow
@@ -187,8 +216,11 @@ def make_split(dataset: str, pool_size: int, *, members: int, seed: int,
         raise LplaError(f"--seed must be a non-negative integer, got {seed!r}")
     n_shadow = members if shadow_members is None else shadow_members
     n_nonmember = members if nonmembers is None else nonmembers
-    for flag, value in (("--shadow-members", n_shadow), ("--nonmembers", n_nonmember),
-                        ("--reference", reference)):
+    for flag, value in (
+        ("--shadow-members", n_shadow),
+        ("--nonmembers", n_nonmember),
+        ("--reference", reference),
+    ):
         if value is not None and (not _is_int(value) or value < 0):
             raise LplaError(f"{flag} must be a non-negative integer, got {value!r}")
     fixed = members + n_nonmember + 2 * n_shadow
@@ -205,14 +237,16 @@ def make_split(dataset: str, pool_size: int, *, members: int, seed: int,
     else:
         perm = _stratified_order(np.asarray(stratify), pool_size, int(seed))
     bounds = np.cumsum((0, members, n_nonmember, n_shadow, n_shadow, n_reference))
-    roles = {r: perm[bounds[i]:bounds[i + 1]] for i, r in enumerate(ROLES)}
+    roles = {r: perm[bounds[i] : bounds[i + 1]] for i, r in enumerate(ROLES)}
     return MembershipSplit(dataset=dataset, pool_size=int(pool_size), seed=int(seed), roles=roles)
 
 
 def _stratified_order(labels: np.ndarray, pool_size: int, seed: int) -> np.ndarray:
     """A seeded permutation whose every contiguous slice keeps the class proportions."""
     if labels.shape != (pool_size,):
-        raise LplaError(f"stratify labels must have one entry per pool image ({pool_size}), got {labels.shape}")
+        raise LplaError(
+            f"stratify labels must have one entry per pool image ({pool_size}), got {labels.shape}"
+        )
     rng = np.random.default_rng(seed)
     key = np.empty(pool_size, dtype=np.float64)
     for c in np.unique(labels):
@@ -244,8 +278,10 @@ class PairedHalves:
         self.membership = membership
         m = membership.shape[0] if membership.ndim == 2 else 0
         if membership.ndim != 2 or membership.shape[1] != len(self.index):
-            raise LplaError(f"paired-halves membership must be [shadows, {len(self.index)}], "
-                            f"got {list(membership.shape)}")
+            raise LplaError(
+                f"paired-halves membership must be [shadows, {len(self.index)}], "
+                f"got {list(membership.shape)}"
+            )
         if m < 2 or m % 2:
             raise LplaError(f"paired halves need an even number of shadows >= 2, got {m}")
         if len(self.index) == 0:
@@ -255,8 +291,10 @@ class PairedHalves:
         counts = membership.sum(axis=0)
         if (counts != m // 2).any():
             j = int(np.flatnonzero(counts != m // 2)[0])
-            raise LplaError(f"paired-halves image {int(self.index[j])} is IN for {int(counts[j])} "
-                            f"of {m} shadows, not exactly {m // 2}")
+            raise LplaError(
+                f"paired-halves image {int(self.index[j])} is IN for {int(counts[j])} "
+                f"of {m} shadows, not exactly {m // 2}"
+            )
 
     @property
     def num_shadows(self) -> int:
@@ -276,11 +314,21 @@ class PairedHalves:
         return self.index[~self.membership[self._check_shadow(i)]]
 
     def save(self, path: str | Path) -> None:
-        meta = {"format": PAIRED_HALVES_FORMAT, "kind": "paired-halves", "seed": self.seed,
-                "num_shadows": self.num_shadows, "population": len(self.index)}
+        meta = {
+            "format": PAIRED_HALVES_FORMAT,
+            "kind": "paired-halves",
+            "seed": self.seed,
+            "num_shadows": self.num_shadows,
+            "population": len(self.index),
+        }
         with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, index=self.index, membership=self.membership, seed=np.int64(self.seed),
-                     meta=np.array(json.dumps(meta)))
+            np.savez(
+                tmp,
+                index=self.index,
+                membership=self.membership,
+                seed=np.int64(self.seed),
+                meta=np.array(json.dumps(meta)),
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> PairedHalves:
@@ -293,10 +341,14 @@ class PairedHalves:
                 index, membership, seed = z["index"], z["membership"], int(z["seed"])
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as exc:
             raise LplaError(f"{p} is not a paired-halves file ({exc}); re-create it") from None
-        if not isinstance(meta, dict) or meta.get("kind") != "paired-halves" \
-                or meta.get("format") != PAIRED_HALVES_FORMAT:
-            raise LplaError(f"{p} is not a paired-halves file of format {PAIRED_HALVES_FORMAT}; "
-                            "re-create it")
+        if (
+            not isinstance(meta, dict)
+            or meta.get("kind") != "paired-halves"
+            or meta.get("format") != PAIRED_HALVES_FORMAT
+        ):
+            raise LplaError(
+                f"{p} is not a paired-halves file of format {PAIRED_HALVES_FORMAT}; re-create it"
+            )
         try:
             return cls(index=index, membership=membership, seed=seed)
         except LplaError as exc:

@@ -27,7 +27,8 @@ def _none(_: float | None = None) -> Defense:
 
 
 @DEFENSES.register(
-    "noise", "add isotropic Gaussian noise; level = sigma as a fraction of the mean L2 norm (default 0.1)"
+    "noise",
+    "add isotropic Gaussian noise; level = sigma as a fraction of the mean L2 norm (default 0.1)",
 )
 def _noise(level: float | None = None) -> Defense:
     frac = 0.1 if level is None else float(level)
@@ -51,7 +52,9 @@ def _l2(_: float | None = None) -> Defense:
     return apply
 
 
-@DEFENSES.register("quantize", "round every coordinate to a grid; level = number of bits per value (default 4)")
+@DEFENSES.register(
+    "quantize", "round every coordinate to a grid; level = number of bits per value (default 4)"
+)
 def _quantize(level: float | None = None) -> Defense:
     bits = 4 if level is None else int(level)
     if not 1 <= bits <= 16:
