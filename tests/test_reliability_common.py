@@ -162,7 +162,9 @@ class _FakeResult:
         (2, "lpla: error: x\nmore\n", "must end"),
     ],
 )
-def test_assert_user_error_catches_each_broken_contract(code: int, stderr: str, problem: str) -> None:
+def test_assert_user_error_catches_each_broken_contract(
+    code: int, stderr: str, problem: str
+) -> None:
     with pytest.raises(AssertionError, match=problem):
         assert_user_error(_FakeResult(code, stderr=stderr))
 

@@ -14,12 +14,15 @@ import os
 import pickle
 import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+
+from lpla.errors import LplaError
 from test_reliability_common import (  # noqa: F401  (_tally: the module's count fixture)
     _tally,
     assert_user_error,
@@ -28,8 +31,6 @@ from test_reliability_common import (  # noqa: F401  (_tally: the module's count
     run_cli,
     snapshot,
 )
-
-from lpla.errors import LplaError
 
 
 class Payload:
@@ -54,7 +55,7 @@ def _embed_args(encoder: str, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture
-def marker(tmp_path: Path) -> Path:
+def marker(tmp_path: Path) -> Iterator[Path]:
     m = tmp_path / "PWNED"
     yield m
     assert not m.exists(), "the payload ran"
@@ -143,7 +144,8 @@ def _pt2_attacks(marker: Path) -> dict[str, Any]:
         if name.endswith(".json") and "/models/" in name:
             text = data.decode().replace('"torch.ops.aten.view.default"',
                                          '"torch.serialization.os.system"')
-            text = text.replace('"torch.ops.aten.linear.default"', '"torch.serialization.os.system"')
+            text = text.replace('"torch.ops.aten.linear.default"',
+                                '"torch.serialization.os.system"')
             return text.encode()
         return data
 
@@ -295,7 +297,7 @@ def test_malicious_cifar_batch_is_refused(tmp_path: Path, marker: Path) -> None:
         (folder / name).write_bytes(pickle.dumps({b"data": Payload(marker)}, protocol=2))
     count("inputs", 2)
     with pytest.raises(LplaError, match="refusing to unpickle"):
-        create_dataset("cifar10", split="test", root=tmp_path / "cifar")
+        create_dataset("cifar10", split="test", root=str(tmp_path / "cifar"))
     out = tmp_path / "out"
     res = invoke(["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset", "cifar10",
                   "--data-root", str(tmp_path / "cifar"), "--out", str(out / "e.npz"),

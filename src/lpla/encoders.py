@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import importlib
 import os
+import pickle
 import re
 import zipfile
 from collections.abc import Callable, Iterator
@@ -279,6 +280,11 @@ def _load_export(spec: str, weights: str | None, device: str, layer: str) -> Loa
             program = torch.export.load(spec)
     except LplaError:
         raise
+    except pickle.UnpicklingError:  # what the forced weights-only torch.load raises
+        raise LplaError(
+            f"{spec} holds pickled Python objects, not just tensors; lpla never unpickles them",
+            hint="export the encoder again with torch.export.save from a plain nn.Module",
+        ) from None
     except Exception as exc:
         raise LplaError(f"cannot load {spec} with torch.export.load: {_one_line(exc)}") from None
     module = program.module().to(device)

@@ -7,6 +7,7 @@ in-memory arrays), so it needs no training code and works on any user's precompu
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,6 +121,52 @@ def check_compatible(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) 
             )
 
 
+def overlap_notes(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) -> list[str]:
+    """Warn when a shadow was trained on the target's members (same dataset, same ``index``).
+
+    The attacker's shadow data should not favour the target's members: an overlap lets the shadow
+    "know" them and inflates every number. A shadow trained on random halves of the whole
+    candidate population (LiRA's paired halves) contains target members and non-members alike;
+    that is by design and is flagged only if members are over-represented (z > 3). Files of two
+    different datasets (their meta ``dataset`` names differ) cannot overlap.
+    """
+    t_meta = target.candidates.meta or {}
+    t_member = np.asarray(target.candidates.member)
+    t_index = np.asarray(target.candidates.index)
+    in_members, in_nonmembers = t_index[t_member == 1], t_index[t_member == 0]
+    notes = []
+    for sh in shadows:
+        s_meta = sh.candidates.meta or {}
+        t_ds, s_ds = t_meta.get("dataset"), s_meta.get("dataset")
+        if t_ds is not None and s_ds is not None and t_ds != s_ds:
+            continue
+        s_members = np.asarray(sh.candidates.index)[np.asarray(sh.candidates.member) == 1]
+        common = np.intersect1d(in_members, s_members)
+        if not len(common):
+            continue
+        shared_nonmembers = len(np.intersect1d(in_nonmembers, s_members))
+        if shared_nonmembers and not _over_represented(
+            len(common), len(in_members), shared_nonmembers, len(in_nonmembers)
+        ):
+            continue
+        same = f"in {t_ds}" if t_ds is not None and s_ds is not None else \
+            "(if both files index the same dataset)"
+        notes.append(
+            f"WARNING: {len(common)} of the target's {len(in_members)} members are also "
+            f"members of shadow {sh.name} (same index {same}, e.g. {int(common[0])}); the "
+            "shadow saw the target's training images, so the attack numbers are optimistic. "
+            "Use disjoint shadow data (lpla's splits are)"
+        )
+    return notes
+
+
+def _over_represented(hits_m: int, n_m: int, hits_n: int, n_n: int) -> bool:
+    """Two-proportion z-test: target members in the shadow's training set more often (z > 3)."""
+    pooled = (hits_m + hits_n) / (n_m + n_n)
+    se = float(np.sqrt(pooled * (1 - pooled) * (1 / n_m + 1 / n_n)))
+    return se > 0 and (hits_m / n_m - hits_n / n_n) / se > 3.0
+
+
 def check_settings(settings: AttackSettings) -> None:
     """Out-of-range settings are mistakes, not something to drop silently."""
     if any(int(v) < 1 for v in settings.views_grid):
@@ -154,6 +201,9 @@ def run_attacks(
         sh_inputs.append(inp)
         notes += n
     notes += _dims_note(target, shadows)
+    for note in overlap_notes(target, shadows):
+        notes.append(note)
+        print(f"lpla: warning: {note.removeprefix('WARNING: ')}", file=sys.stderr)
     has_baseline = t_in.baseline is not None and all(s.baseline is not None for s in sh_inputs)
     names = list(settings.attacks) if settings.attacks else applicable_attacks(
         k, len(sh_inputs), target.reference is not None, has_baseline

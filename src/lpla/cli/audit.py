@@ -79,11 +79,12 @@ def audit_command(
 
 def _check_split_fits(cfg: Any) -> None:
     """Too many members for the dataset: say so before --out gets a config for an impossible run."""
-    from lpla.audit_stages import _pool_size
+    from lpla.audit_stages import _pool
     from lpla.data.splits import make_split
 
-    make_split(cfg.dataset, _pool_size(cfg.dataset, cfg.data_root), members=cfg.members,
-               seed=cfg.seed, reference=cfg.reference)
+    size, labels = _pool(cfg.dataset, cfg.data_root, cfg.stratify)
+    make_split(cfg.dataset, size, members=cfg.members, seed=cfg.seed, reference=cfg.reference,
+               stratify=labels)
 
 
 def _audit_given(out: Path, target: Path | None, shadow: list[Path], target_embeddings: Path | None,
