@@ -48,8 +48,13 @@ def _encoder_input(seed: int, k: int, member: np.ndarray, name: str = "") -> Att
     base = centre + 0.7 * rng.normal(size=(n, k, d))
     base_ref = rng.normal(size=(60, 1, d)) + 0.7 * rng.normal(size=(60, k, d))
     return AttackInput(
-        compute_stats(z, **kw), member, np.arange(n) + 1000, compute_stats(ref, **kw), name=name,
-        baseline=compute_stats(base, **kw), baseline_reference=compute_stats(base_ref, **kw),
+        compute_stats(z, **kw),
+        member,
+        np.arange(n) + 1000,
+        compute_stats(ref, **kw),
+        name=name,
+        baseline=compute_stats(base, **kw),
+        baseline_reference=compute_stats(base_ref, **kw),
     )
 
 

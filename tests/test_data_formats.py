@@ -42,15 +42,33 @@ def write_cifar10(root: Path, per_batch: int = 3) -> dict[str, tuple[np.ndarray,
     for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
         images = _pixels(per_batch, (3, 32, 32), seed=i)
         labels = [(i + j) % 10 for j in range(per_batch)]
-        _dump(folder / name, {b"batch_label": b"batch", b"labels": labels,
-                              b"data": images.reshape(per_batch, -1),
-                              b"filenames": [b"f.png"] * per_batch})
+        _dump(
+            folder / name,
+            {
+                b"batch_label": b"batch",
+                b"labels": labels,
+                b"data": images.reshape(per_batch, -1),
+                b"filenames": [b"f.png"] * per_batch,
+            },
+        )
         out["test" if name == "test_batch" else "train"].append((images, np.array(labels)))
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
-             b"ship", b"truck"]
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
     _dump(folder / "batches.meta", {b"label_names": names, b"num_cases_per_batch": per_batch})
-    return {k: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v]))
-            for k, v in out.items()}
+    return {
+        k: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v]))
+        for k, v in out.items()
+    }
 
 
 def write_cifar100(root: Path, n: int = 4) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -59,11 +77,23 @@ def write_cifar100(root: Path, n: int = 4) -> dict[str, tuple[np.ndarray, np.nda
     for i, split in enumerate(("train", "test")):
         images = _pixels(n, (3, 32, 32), seed=10 + i)
         fine = [97 - 13 * j - i for j in range(n)]
-        _dump(folder / split, {b"data": images.reshape(n, -1), b"fine_labels": fine,
-                               b"coarse_labels": [f % 20 for f in fine], b"filenames": [b"x"] * n})
+        _dump(
+            folder / split,
+            {
+                b"data": images.reshape(n, -1),
+                b"fine_labels": fine,
+                b"coarse_labels": [f % 20 for f in fine],
+                b"filenames": [b"x"] * n,
+            },
+        )
         out[split] = (images, np.array(fine))
-    _dump(folder / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)],
-                            b"coarse_label_names": [f"s{i}".encode() for i in range(20)]})
+    _dump(
+        folder / "meta",
+        {
+            b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"s{i}".encode() for i in range(20)],
+        },
+    )
     return out
 
 
@@ -80,7 +110,8 @@ def write_stl10(root: Path, n: int = 3) -> dict[str, tuple[np.ndarray, np.ndarra
             (folder / f"{split}_y.bin").write_bytes((labels + 1).astype(np.uint8).tobytes())
         out[split] = (images, labels if split != "unlabeled" else np.full(n, -1))
     (folder / "class_names.txt").write_text(
-        "airplane\nbird\ncar\ncat\ndeer\ndog\nhorse\nmonkey\nship\ntruck\n")
+        "airplane\nbird\ncar\ncat\ndeer\ndog\nhorse\nmonkey\nship\ntruck\n"
+    )
     return out
 
 
@@ -112,8 +143,9 @@ def write_fashion_idx(root: Path, n_train: int = 20, n_test: int = 10, gz: bool 
     return out
 
 
-def write_folder(root: Path, colors: dict[str, list[tuple[int, int, int]]], size: int = 10,
-                 mode: str = "RGB") -> None:
+def write_folder(
+    root: Path, colors: dict[str, list[tuple[int, int, int]]], size: int = 10, mode: str = "RGB"
+) -> None:
     from PIL import Image
 
     for cls, cls_colors in colors.items():
@@ -274,8 +306,13 @@ def test_download_uses_the_md5_checked_archive_helper(tmp_path: Path, monkeypatc
     monkeypatch.setattr(tvu, "download_and_extract_archive", fake_download)
     ds = create_dataset("cifar10", "test", root=str(tmp_path / "new"), download=True)
     assert len(ds) == 1
-    assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                      "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")]
+    assert calls == [
+        (
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+            "cifar-10-python.tar.gz",
+            "c58f30108f718f92721af3b95e74349a",
+        )
+    ]
     create_dataset("cifar10", "test", root=str(tmp_path / "new"), download=True)
     assert len(calls) == 1  # present: not fetched again
 
@@ -333,8 +370,10 @@ def test_svhn_bad_files(tmp_path: Path) -> None:
     (tmp_path / "train_32x32.mat").write_bytes(b"MATLAB 5.0 nonsense" * 3)
     with pytest.raises(LplaError, match=r"(?i)not .*svhn"):
         create_dataset("svhn", "train", root=str(tmp_path))
-    savemat(tmp_path / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8),
-                                          "y": np.array([[0], [3]], np.uint8)})
+    savemat(
+        tmp_path / "test_32x32.mat",
+        {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[0], [3]], np.uint8)},
+    )
     with pytest.raises(LplaError, match=r"1..10"):
         create_dataset("svhn", "test", root=str(tmp_path))
     savemat(tmp_path / "test_32x32.mat", {"X": np.zeros((28, 28, 1, 2), np.uint8), "y": [[1], [2]]})

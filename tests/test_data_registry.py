@@ -32,8 +32,16 @@ from test_data_formats import (
     write_svhn,
 )
 
-ALL_NAMES = ("cifar10", "cifar100", "digits", "fashion-mnist", "fashion-mnist-full",
-             "imagefolder", "stl10", "svhn")
+ALL_NAMES = (
+    "cifar10",
+    "cifar100",
+    "digits",
+    "fashion-mnist",
+    "fashion-mnist-full",
+    "imagefolder",
+    "stl10",
+    "svhn",
+)
 REPO = Path(__file__).resolve().parents[1]
 DEBIAN_IDX = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -41,8 +49,11 @@ DEBIAN_IDX = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 def _root_for(name: str, tmp_path: Path) -> str | None:
     """Tiny files in the real layout for the datasets that read from disk."""
     writers: dict[str, Callable[[Path], object]] = {
-        "cifar10": write_cifar10, "cifar100": write_cifar100, "stl10": write_stl10,
-        "svhn": write_svhn, "fashion-mnist-full": write_fashion_idx,
+        "cifar10": write_cifar10,
+        "cifar100": write_cifar100,
+        "stl10": write_stl10,
+        "svhn": write_svhn,
+        "fashion-mnist-full": write_fashion_idx,
         "imagefolder": lambda root: write_folder(root, {"a": [(1, 2, 3)], "b": [(9, 9, 9)]}),
     }
     if name not in writers:
@@ -98,8 +109,10 @@ def test_embedded_fashion_mnist_is_fast_balanced_and_offline() -> None:
     assert train.info.image_shape == (1, 28, 28) and train.info.num_classes == 10
     assert np.bincount(train.labels).tolist() == [1000] * 10
     assert np.bincount(test.labels).tolist() == [200] * 10
-    assert train.classes == FASHION_CLASSES and json.loads(train.info.extra["classes"])[9] == \
-        "Ankle boot"
+    assert (
+        train.classes == FASHION_CLASSES
+        and json.loads(train.info.extra["classes"])[9] == "Ankle boot"
+    )
     # real garments, not noise: trousers (1) fill a narrower, taller box than bags (8)
     imgs = train.get_images(np.arange(10_000)).float()
     mean = {c: imgs[torch.from_numpy(train.labels == c)].mean().item() for c in (1, 8)}
@@ -115,17 +128,25 @@ def test_embedded_subset_is_the_real_data_and_the_script_rebuilds_it(tmp_path: P
     script = _load_script()
     rebuilt = script.build_subset(DEBIAN_IDX.parent, tmp_path / "subset.npz")
     with np.load(REPO / "src/lpla/data/assets/fashion_mnist_subset.npz") as shipped:
-        for key in ("train_images", "train_labels", "train_source_index", "test_images",
-                    "test_labels", "test_source_index"):
+        for key in (
+            "train_images",
+            "train_labels",
+            "train_source_index",
+            "test_images",
+            "test_labels",
+            "test_source_index",
+        ):
             assert np.array_equal(shipped[key], rebuilt[key]), key
         rows = shipped["train_source_index"][[0, 4321, 9999]]
-        assert torch.equal(full.get_images(rows)[:, 0], torch.from_numpy(
-            shipped["train_images"][[0, 4321, 9999]]))
+        assert torch.equal(
+            full.get_images(rows)[:, 0], torch.from_numpy(shipped["train_images"][[0, 4321, 9999]])
+        )
 
 
 def _load_script():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location(
-        "make_fashion_mnist_subset", REPO / "scripts" / "make_fashion_mnist_subset.py")
+        "make_fashion_mnist_subset", REPO / "scripts" / "make_fashion_mnist_subset.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -136,12 +157,15 @@ def _load_script():  # type: ignore[no-untyped-def]
 def test_subset_script_is_stratified_and_seeded(tmp_path: Path) -> None:
     truth = write_fashion_idx(tmp_path / "idx", n_train=60, n_test=40, gz=False)
     script = _load_script()
-    a = script.build_subset(tmp_path / "idx", tmp_path / "a.npz", train_per_class=3,
-                            test_per_class=2, seed=5)
-    b = script.build_subset(tmp_path / "idx", tmp_path / "b.npz", train_per_class=3,
-                            test_per_class=2, seed=5)
-    c = script.build_subset(tmp_path / "idx", tmp_path / "c.npz", train_per_class=3,
-                            test_per_class=2, seed=6)
+    a = script.build_subset(
+        tmp_path / "idx", tmp_path / "a.npz", train_per_class=3, test_per_class=2, seed=5
+    )
+    b = script.build_subset(
+        tmp_path / "idx", tmp_path / "b.npz", train_per_class=3, test_per_class=2, seed=5
+    )
+    c = script.build_subset(
+        tmp_path / "idx", tmp_path / "c.npz", train_per_class=3, test_per_class=2, seed=6
+    )
     assert np.bincount(a["train_labels"]).tolist() == [3] * 10
     assert np.bincount(a["test_labels"]).tolist() == [2] * 10
     assert np.array_equal(a["train_source_index"], b["train_source_index"])
@@ -206,8 +230,11 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         create_dataset("fashion-mnist", "val")
     with pytest.raises(LplaError, match="data root not found"):
         create_dataset("cifar10", root=str(tmp_path / "nope"))
-    with pytest.raises(LplaError, match=r"cifar10 not found: expected .*cifar-10-batches-py.*"
-                                        r"--download"):
+    with pytest.raises(
+        LplaError,
+        match=r"cifar10 not found: expected .*cifar-10-batches-py.*"
+        r"--download",
+    ):
         create_dataset("cifar10", root=str(tmp_path))
     for name in ("stl10", "svhn", "cifar100"):
         with pytest.raises(LplaError, match=f"{name} not found"):

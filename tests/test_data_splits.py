@@ -34,21 +34,37 @@ FAST = settings(max_examples=40, deadline=None)
     reference=st.none() | st.integers(0, 80),
     seed=st.integers(0, 2**32),
 )
-def test_split_properties(pool: int, members: int, shadow: int | None, nonmembers: int | None,
-                          reference: int | None, seed: int) -> None:
+def test_split_properties(
+    pool: int,
+    members: int,
+    shadow: int | None,
+    nonmembers: int | None,
+    reference: int | None,
+    seed: int,
+) -> None:
     n_sh = members if shadow is None else shadow
     n_non = members if nonmembers is None else nonmembers
     fixed = members + n_non + 2 * n_sh
     n_ref = min(members, max(pool - fixed, 0)) if reference is None else reference
-    kwargs: dict[str, Any] = dict(members=members, seed=seed, shadow_members=shadow,
-                                  nonmembers=nonmembers, reference=reference)
+    kwargs: dict[str, Any] = dict(
+        members=members,
+        seed=seed,
+        shadow_members=shadow,
+        nonmembers=nonmembers,
+        reference=reference,
+    )
     if fixed + n_ref > pool:
         with pytest.raises(LplaError, match=f"split needs {fixed + n_ref} images"):
             make_split("d", pool, **kwargs)
         return
     split = make_split("d", pool, **kwargs)
-    assert split.sizes == {"target_member": members, "target_nonmember": n_non,
-                           "shadow_member": n_sh, "shadow_nonmember": n_sh, "reference": n_ref}
+    assert split.sizes == {
+        "target_member": members,
+        "target_nonmember": n_non,
+        "shadow_member": n_sh,
+        "shadow_nonmember": n_sh,
+        "reference": n_ref,
+    }
     everything = np.concatenate([split.indices(r) for r in ROLES])
     assert len(np.unique(everything)) == len(everything)  # pairwise disjoint
     assert everything.min() >= 0 and everything.max() < pool
@@ -56,14 +72,20 @@ def test_split_properties(pool: int, members: int, shadow: int | None, nonmember
     again = make_split("d", pool, **kwargs)
     assert all(np.array_equal(split.indices(r), again.indices(r)) for r in ROLES)
     assert split.fingerprint() == again.fingerprint()
-    assert np.array_equal(split.population(),
-                          np.sort(np.concatenate([split.indices(r) for r in ROLES[:4]])))
+    assert np.array_equal(
+        split.population(), np.sort(np.concatenate([split.indices(r) for r in ROLES[:4]]))
+    )
 
 
 def test_split_defaults_by_hand() -> None:
     s = make_split("fashion-mnist", 100, members=20, seed=0)
-    assert s.sizes == {"target_member": 20, "target_nonmember": 20, "shadow_member": 20,
-                       "shadow_nonmember": 20, "reference": 20}
+    assert s.sizes == {
+        "target_member": 20,
+        "target_nonmember": 20,
+        "shadow_member": 20,
+        "shadow_nonmember": 20,
+        "reference": 20,
+    }
     s = make_split("fashion-mnist", 100, members=22, seed=0)  # 88 fixed: 12 left for reference
     assert s.sizes["reference"] == 12
     s = make_split("fashion-mnist", 100, members=10, shadow_members=5, seed=0)
@@ -86,8 +108,11 @@ def test_seeds_and_pools_change_the_split() -> None:
 
 
 def test_split_size_errors() -> None:
-    with pytest.raises(LplaError, match=r"split needs 40 images .* but fashion-mnist/train has 30; "
-                                        r"lower --members or use a larger dataset"):
+    with pytest.raises(
+        LplaError,
+        match=r"split needs 40 images .* but fashion-mnist/train has 30; "
+        r"lower --members or use a larger dataset",
+    ):
         make_split("fashion-mnist", 30, members=10, seed=0)
     for bad in (0, -1, 1.5, True):
         with pytest.raises(LplaError, match="--members must be at least 1"):
@@ -140,8 +165,9 @@ def _tampered(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
 
 
 def _refingerprint(raw: dict) -> dict:
-    raw["fingerprint"] = roles_fingerprint({r: np.asarray(v, dtype=np.int64)
-                                            for r, v in raw["roles"].items()})
+    raw["fingerprint"] = roles_fingerprint(
+        {r: np.asarray(v, dtype=np.int64) for r, v in raw["roles"].items()}
+    )
     return raw
 
 
@@ -149,9 +175,14 @@ def _refingerprint(raw: dict) -> dict:
     ("edit", "message"),
     [
         (lambda r: r["roles"]["target_member"].__setitem__(0, 99), "fingerprint does not match"),
-        (lambda r: (r["roles"]["reference"].append(r["roles"]["target_member"][0]),
-                    r["sizes"].__setitem__("reference", 11), _refingerprint(r)),
-         "roles target_member and reference overlap"),
+        (
+            lambda r: (
+                r["roles"]["reference"].append(r["roles"]["target_member"][0]),
+                r["sizes"].__setitem__("reference", 11),
+                _refingerprint(r),
+            ),
+            "roles target_member and reference overlap",
+        ),
         (lambda r: (r["roles"]["reference"].append(100), _refingerprint(r)), "outside 0..99"),
         (lambda r: (r["roles"]["reference"].append(-1), _refingerprint(r)), "outside 0..99"),
         (lambda r: r["roles"]["reference"].__setitem__(0, 1.5), "integers only, found 1.5"),
@@ -269,19 +300,36 @@ def test_tampered_paired_halves_files(tmp_path: Path) -> None:
     unbalanced = h.membership.copy()
     unbalanced[0, 5] = not unbalanced[0, 5]
     cases: dict[str, tuple[dict[str, Any], str]] = {
-        "unbalanced": (dict(index=h.index, membership=unbalanced, seed=0, meta=meta),
-                       "IN for .* of 4 shadows, not exactly 2"),
-        "ints": (dict(index=h.index, membership=h.membership.astype(np.int8), seed=0, meta=meta),
-                 "must be bool"),
-        "shape": (dict(index=h.index[:5], membership=h.membership, seed=0, meta=meta),
-                  r"must be \[shadows, 5\]"),
-        "dup": (dict(index=np.zeros(8, np.int64), membership=h.membership, seed=0, meta=meta),
-                "distinct"),
+        "unbalanced": (
+            dict(index=h.index, membership=unbalanced, seed=0, meta=meta),
+            "IN for .* of 4 shadows, not exactly 2",
+        ),
+        "ints": (
+            dict(index=h.index, membership=h.membership.astype(np.int8), seed=0, meta=meta),
+            "must be bool",
+        ),
+        "shape": (
+            dict(index=h.index[:5], membership=h.membership, seed=0, meta=meta),
+            r"must be \[shadows, 5\]",
+        ),
+        "dup": (
+            dict(index=np.zeros(8, np.int64), membership=h.membership, seed=0, meta=meta),
+            "distinct",
+        ),
         "nometa": (dict(index=h.index, membership=h.membership, seed=0), "not a paired-halves"),
-        "kind": (dict(index=h.index, membership=h.membership, seed=0,
-                      meta=np.array('{"kind": "x", "format": 1}')), "not a paired-halves"),
-        "pickled": (dict(index=np.array([object()] * 8), membership=h.membership, seed=0,
-                         meta=meta), "not a paired-halves"),
+        "kind": (
+            dict(
+                index=h.index,
+                membership=h.membership,
+                seed=0,
+                meta=np.array('{"kind": "x", "format": 1}'),
+            ),
+            "not a paired-halves",
+        ),
+        "pickled": (
+            dict(index=np.array([object()] * 8), membership=h.membership, seed=0, meta=meta),
+            "not a paired-halves",
+        ),
     }
     for name, (arrays, message) in cases.items():
         path = tmp_path / f"{name}.npz"

@@ -53,7 +53,8 @@ def snapshot(directory: Path | None) -> set[str]:
 def leftover_temps(directory: Path | None) -> list[str]:
     """Temporary files from lpla.io.atomic_path that were not cleaned up."""
     return sorted(
-        name for name in snapshot(directory)
+        name
+        for name in snapshot(directory)
         if Path(name).name.startswith(".") and any(m in Path(name).name for m in TEMP_MARKERS)
     )
 
@@ -128,8 +129,13 @@ def run_cli(
     """Run ``python -m lpla.cli ARGS`` in a subprocess (one torch thread, tests/ importable)."""
     full_env = dict(os.environ, LPLA_THREADS="1", PYTHONPATH=str(TESTS), **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "lpla.cli", *args], cwd=cwd, env=full_env,
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "lpla.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -182,7 +188,9 @@ def test_assert_user_error_catches_leftovers(tmp_path: Path) -> None:
 
 def test_assert_user_error_accepts_a_clean_error(tmp_path: Path) -> None:
     line = assert_user_error(
-        _FakeResult(2, stderr="lpla: error: no such file\n"), tmp_path, before=set(),
+        _FakeResult(2, stderr="lpla: error: no such file\n"),
+        tmp_path,
+        before=set(),
         contains="no such",
     )
     assert line == "lpla: error: no such file"

@@ -37,8 +37,9 @@ from test_reliability_common import (  # noqa: F401
     snapshot,
 )
 
-HYP = settings(max_examples=12, deadline=None,
-               suppress_health_check=[HealthCheck.function_scoped_fixture])
+HYP = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 class Fault(OSError):
@@ -87,8 +88,11 @@ def _writers(tmp: Path) -> dict[str, Writer]:
         mp.setattr(embeddings_mod.shutil, "copyfileobj", broken)
 
     def bytes_fault(mp: Any, frac: float) -> None:
-        mp.setattr(Path, "write_bytes", lambda self, data: _fail_after(
-            frac, lambda p, b: p.open("wb").write(b))(self, data))
+        mp.setattr(
+            Path,
+            "write_bytes",
+            lambda self, data: _fail_after(frac, lambda p, b: p.open("wb").write(b))(self, data),
+        )
 
     def savez_fault(mp: Any, frac: float) -> None:
         real = np.savez
@@ -111,8 +115,11 @@ def _writers(tmp: Path) -> dict[str, Writer]:
     def scores(version: int) -> None:
         from lpla.audit_stages import _save_scores
 
-        _save_scores(tmp / "scores.npz", np.array([1, 0], np.int8),
-                     {"lpla": np.array([version, -version], float)})
+        _save_scores(
+            tmp / "scores.npz",
+            np.array([1, 0], np.int8),
+            {"lpla": np.array([version, -version], float)},
+        )
 
     def idx(version: int) -> None:
         from lpla.data.idx import write_idx
@@ -120,20 +127,31 @@ def _writers(tmp: Path) -> dict[str, Writer]:
         write_idx(tmp / "labels.idx", np.full((7,), version, np.uint8))
 
     return {
-        "write_embeddings": (tmp / "emb.npz",
-                             lambda v: write_embeddings(tmp / "emb.npz", _emb(v)) and None,
-                             npy_fault),
+        "write_embeddings": (
+            tmp / "emb.npz",
+            lambda v: write_embeddings(tmp / "emb.npz", _emb(v)) and None,
+            npy_fault,
+        ),
         "EmbeddingsWriter.close": (tmp / "streamed.npz", streamed, copy_fault),
-        "write_json_atomic": (tmp / "results.json",
-                              lambda v: write_json_atomic(tmp / "results.json", {"v": v} | {
-                                  f"k{i}": list(range(50)) for i in range(20)}), bytes_fault),
+        "write_json_atomic": (
+            tmp / "results.json",
+            lambda v: write_json_atomic(
+                tmp / "results.json", {"v": v} | {f"k{i}": list(range(50)) for i in range(20)}
+            ),
+            bytes_fault,
+        ),
         "scores.npz": (tmp / "scores.npz", scores, savez_fault),
         "write_idx": (tmp / "labels.idx", idx, bytes_fault),
     }
 
 
-WRITER_NAMES = ["write_embeddings", "EmbeddingsWriter.close", "write_json_atomic", "scores.npz",
-                "write_idx"]
+WRITER_NAMES = [
+    "write_embeddings",
+    "EmbeddingsWriter.close",
+    "write_json_atomic",
+    "scores.npz",
+    "write_idx",
+]
 
 
 @pytest.mark.parametrize("writer", WRITER_NAMES)
@@ -237,8 +255,13 @@ def _tiny_dataset() -> Any:
     from lpla.data.base import ArrayDataset
 
     g = np.random.default_rng(3)
-    return ArrayDataset(g.integers(0, 255, (40, 1, 12, 12), dtype=np.uint8),
-                        np.arange(40) % 4, name="tiny", split="train", num_classes=4)
+    return ArrayDataset(
+        g.integers(0, 255, (40, 1, 12, 12), dtype=np.uint8),
+        np.arange(40) % 4,
+        name="tiny",
+        split="train",
+        num_classes=4,
+    )
 
 
 def _encoder() -> torch.nn.Module:
@@ -251,8 +274,18 @@ def _encoder() -> torch.nn.Module:
 def _embed(out: Path, resume: bool = False) -> Path:
     from lpla.query import embed_dataset
 
-    path = embed_dataset(_encoder(), _tiny_dataset(), np.arange(40), views=3, augmentation="weak",
-                         seed=5, batch_size=8, out=out, progress=False, resume=resume)
+    path = embed_dataset(
+        _encoder(),
+        _tiny_dataset(),
+        np.arange(40),
+        views=3,
+        augmentation="weak",
+        seed=5,
+        batch_size=8,
+        out=out,
+        progress=False,
+        resume=resume,
+    )
     assert isinstance(path, Path)
     return path
 
@@ -266,7 +299,9 @@ def reference_embeddings(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray
 @HYP
 @given(stop_batch=st.integers(0, 4), exc=st.sampled_from([KeyboardInterrupt, Fault]))
 def test_embedding_resume_after_interruption_is_exact(
-    tmp_path_factory: pytest.TempPathFactory, reference_embeddings: np.ndarray, stop_batch: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    reference_embeddings: np.ndarray,
+    stop_batch: int,
     exc: type[BaseException],
 ) -> None:
     import lpla.query as query
@@ -300,16 +335,36 @@ def test_cli_embed_resume_after_sigint_is_exact(tmp_path: Path) -> None:
     """``lpla embed`` interrupted by SIGINT, then ``--resume``: the same arrays as one run."""
     from test_reliability_common import run_cli
 
-    args = ["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset", "fashion-mnist",
-            "--image-shape", "1,12,12", "--limit", "2000", "--views", "4", "--batch-size", "8",
-            "--no-progress", "--seed", "2"]
+    args = [
+        "embed",
+        "--encoder",
+        "fixtures_user_model:tiny_encoder",
+        "--dataset",
+        "fashion-mnist",
+        "--image-shape",
+        "1,12,12",
+        "--limit",
+        "2000",
+        "--views",
+        "4",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--seed",
+        "2",
+    ]
     ref = run_cli([*args, "--out", str(tmp_path / "ref.npz")], cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "emb.npz"
     env = dict(os.environ, LPLA_THREADS="1", PYTHONPATH=str(TESTS))
-    proc = subprocess.Popen([sys.executable, "-m", "lpla.cli", *args, "--out", str(out)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lpla.cli", *args, "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     partial = tmp_path / "emb.npz.partial"
     deadline = time.monotonic() + 60
     while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -334,9 +389,25 @@ def test_cli_embed_resume_after_sigint_is_exact(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------- interrupted training + --resume
 
-TRAIN = ["train", "--dataset", "fashion-mnist", "--members", "64", "--backbone", "mlp",
-         "--epochs", "15", "--batch-size", "32", "--checkpoint-every", "1", "--no-utility",
-         "--no-progress", "--seed", "3"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "fashion-mnist",
+    "--members",
+    "64",
+    "--backbone",
+    "mlp",
+    "--epochs",
+    "15",
+    "--batch-size",
+    "32",
+    "--checkpoint-every",
+    "1",
+    "--no-utility",
+    "--no-progress",
+    "--seed",
+    "3",
+]
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -365,9 +436,14 @@ def test_interrupted_training_resumes_bit_identically(
 
     out = tmp_path / "run"
     env = dict(os.environ, LPLA_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lpla.cli", *TRAIN, "--out", str(out)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lpla.cli", *TRAIN, "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.json").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint appeared"
@@ -381,8 +457,9 @@ def test_interrupted_training_resumes_bit_identically(
     assert 1 <= meta["epoch"] < 15 and not meta.get("finished")
     enc = load_any_encoder(str(out))  # the last good checkpoint loads
     assert enc.kind == "checkpoint"
-    res = run_cli(["train", "--resume", "--out", str(out), "--no-progress"], cwd=tmp_path,
-                  timeout=300)
+    res = run_cli(
+        ["train", "--resume", "--out", str(out), "--no-progress"], cwd=tmp_path, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     count("outputs_checked")
     resumed = _weights(out)

@@ -13,8 +13,7 @@ import pytest
 from test_reliability_common import _tally, count, run_cli  # noqa: F401
 
 VOLATILE = {"created", "timing_s", "command"}
-AUDIT = ["audit", "--members", "32", "--epochs", "3", "--no-utility", "--views", "3",
-         "--seed", "4"]
+AUDIT = ["audit", "--members", "32", "--epochs", "3", "--no-utility", "--views", "3", "--seed", "4"]
 
 
 def _normalise(obj: Any, run_dir: str) -> Any:
@@ -74,12 +73,25 @@ def test_same_seed_same_split_and_views(tmp_path: Path) -> None:
     from lpla.data.base import ArrayDataset
 
     g = np.random.default_rng(0)
-    ds = ArrayDataset(g.integers(0, 255, (12, 1, 12, 12), dtype=np.uint8), np.arange(12) % 3,
-                      name="tiny", split="train", num_classes=3)
+    ds = ArrayDataset(
+        g.integers(0, 255, (12, 1, 12, 12), dtype=np.uint8),
+        np.arange(12) % 3,
+        name="tiny",
+        split="train",
+        num_classes=3,
+    )
 
     def views(seed: int) -> np.ndarray:
-        emb = embed_dataset(tiny_encoder(), ds, np.arange(12), views=4, augmentation="weak",
-                            seed=seed, batch_size=5, progress=False)
+        emb = embed_dataset(
+            tiny_encoder(),
+            ds,
+            np.arange(12),
+            views=4,
+            augmentation="weak",
+            seed=seed,
+            batch_size=5,
+            progress=False,
+        )
         assert not isinstance(emb, Path)  # no out=: the arrays come back in memory
         return np.asarray(emb.embeddings)
 

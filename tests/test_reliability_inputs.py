@@ -31,8 +31,9 @@ from test_reliability_common import (  # noqa: F401
     snapshot,
 )
 
-FUZZ = settings(max_examples=25, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _answers(n_each: int = 20, k: int = 3, d: int = 4, seed: int = 0) -> dict[str, Any]:
@@ -49,14 +50,29 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {}
     for name, seed in (("target", 0), ("shadow", 1)):
         a = _answers(seed=seed)
-        paths[name] = write_embeddings(d / f"{name}.npz", a["embeddings"], a["member"], a["index"],
-                                       {"dataset": "fashion-mnist"})
+        paths[name] = write_embeddings(
+            d / f"{name}.npz",
+            a["embeddings"],
+            a["member"],
+            a["index"],
+            {"dataset": "fashion-mnist"},
+        )
     return paths
 
 
 def _attack(target: Path, shadow: Path, out: Path, *extra: str) -> list[str]:
-    return ["attack", "--target-embeddings", str(target), "--shadow-embeddings", str(shadow),
-            "--out", str(out), "--n-bootstrap", "20", *extra]
+    return [
+        "attack",
+        "--target-embeddings",
+        str(target),
+        "--shadow-embeddings",
+        str(shadow),
+        "--out",
+        str(out),
+        "--n-bootstrap",
+        "20",
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------ corrupt files (hypothesis)
@@ -81,7 +97,9 @@ MUTATION = {
 @FUZZ
 @given(**MUTATION)
 def test_damaged_npz_is_refused_or_read_correctly(
-    good: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, cut: float | None,
+    good: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    cut: float | None,
     flips: list[tuple[float, int]],
 ) -> None:
     if cut is None and not flips:
@@ -122,8 +140,9 @@ def test_damaged_safetensors_weights_are_refused_or_loaded(
     weights.write_bytes(_mutate(weights.read_bytes(), cut, flips))
     count("inputs")
     try:
-        enc = load_any_encoder("fixtures_user_model:tiny_encoder", weights=str(weights),
-                               image_shape=(1, 12, 12))
+        enc = load_any_encoder(
+            "fixtures_user_model:tiny_encoder", weights=str(weights), image_shape=(1, 12, 12)
+        )
         assert enc.output_dim == 8
     except LplaError as exc:
         assert "\n" not in str(exc)
@@ -132,7 +151,9 @@ def test_damaged_safetensors_weights_are_refused_or_loaded(
 @FUZZ
 @given(**MUTATION, gz=st.booleans())
 def test_damaged_idx_is_refused_or_read_consistently(
-    tmp_path_factory: pytest.TempPathFactory, cut: float | None, flips: list[tuple[float, int]],
+    tmp_path_factory: pytest.TempPathFactory,
+    cut: float | None,
+    flips: list[tuple[float, int]],
     gz: bool,
 ) -> None:
     from lpla.data.idx import read_idx, write_idx
@@ -151,8 +172,9 @@ def test_damaged_idx_is_refused_or_read_consistently(
         assert "\n" not in str(exc)
 
 
-@settings(max_examples=10, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(**MUTATION)
 def test_damaged_images_in_an_imagefolder_are_refused_or_decoded(
     tmp_path_factory: pytest.TempPathFactory, cut: float | None, flips: list[tuple[float, int]]
@@ -166,7 +188,8 @@ def test_damaged_images_in_an_imagefolder_are_refused_or_decoded(
         (root / cls).mkdir()
         for i in range(2):
             Image.fromarray(np.full((8, 8), 40 * i + (cls == "b") * 100, np.uint8)).save(
-                root / cls / f"{i}.png")
+                root / cls / f"{i}.png"
+            )
     victim = root / "b" / "1.png"
     if cut is None and not flips:
         cut = 0.5
@@ -181,8 +204,9 @@ def test_damaged_images_in_an_imagefolder_are_refused_or_decoded(
 
 
 @pytest.mark.parametrize("cut", [0.05, 0.5, 0.95])
-def test_truncated_embeddings_through_the_cli(good: dict[str, Path], tmp_path: Path,
-                                              cut: float) -> None:
+def test_truncated_embeddings_through_the_cli(
+    good: dict[str, Path], tmp_path: Path, cut: float
+) -> None:
     bad = tmp_path / "bad.npz"
     bad.write_bytes(good["target"].read_bytes()[: int(good["target"].stat().st_size * cut)])
     out = tmp_path / "out"
@@ -205,9 +229,21 @@ def test_corrupt_idx_through_the_cli(tmp_path: Path) -> None:
     (root / "t10k-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
     count("inputs")
-    res = invoke(["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset",
-                  "fashion-mnist-full", "--data-root", str(root), "--out", str(out / "e.npz"),
-                  "--no-progress"], cwd=tmp_path)
+    res = invoke(
+        [
+            "embed",
+            "--encoder",
+            "fixtures_user_model:tiny_encoder",
+            "--dataset",
+            "fashion-mnist-full",
+            "--data-root",
+            str(root),
+            "--out",
+            str(out / "e.npz"),
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+    )
     assert_user_error(res, out, before=set())
 
 
@@ -233,8 +269,7 @@ def _bad_embeddings() -> dict[str, dict[str, Any]]:
         "zero views": {"embeddings": e[:, :0], "member": m, "index": i},
         "zero dims": {"embeddings": e[:, :, :0], "member": m, "index": i},
         "no images": {"embeddings": e[:0], "member": m[:0], "index": i[:0]},
-        "member 2": {"embeddings": e, "member": np.where(m == 1, 2, 0).astype(np.int8),
-                     "index": i},
+        "member 2": {"embeddings": e, "member": np.where(m == 1, 2, 0).astype(np.int8), "index": i},
         "member float": {"embeddings": e, "member": m.astype(np.float32) + 0.5, "index": i},
         "member too short": {"embeddings": e, "member": m[:-1], "index": i},
         "index float": {"embeddings": e, "member": m, "index": i + 0.5},
@@ -253,8 +288,9 @@ BAD_EMBEDDINGS = list(_bad_embeddings())
 
 @pytest.mark.parametrize("case", BAD_EMBEDDINGS)
 @pytest.mark.parametrize("role", ["target", "shadow"])
-def test_wrong_embeddings_are_user_errors(good: dict[str, Path], tmp_path: Path, case: str,
-                                          role: str) -> None:
+def test_wrong_embeddings_are_user_errors(
+    good: dict[str, Path], tmp_path: Path, case: str, role: str
+) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, **_bad_embeddings()[case])
     target, shadow = (bad, good["shadow"]) if role == "target" else (good["target"], bad)
@@ -271,16 +307,22 @@ def test_wrong_embeddings_are_user_errors(good: dict[str, Path], tmp_path: Path,
         ("reference D differs", {}, {"d": 5}),
     ],
 )
-def test_mismatched_answer_sets_are_user_errors(good: dict[str, Path], tmp_path: Path, case: str,
-                                                shadow_kw: dict[str, int],
-                                                ref_kw: dict[str, int] | None) -> None:
+def test_mismatched_answer_sets_are_user_errors(
+    good: dict[str, Path],
+    tmp_path: Path,
+    case: str,
+    shadow_kw: dict[str, int],
+    ref_kw: dict[str, int] | None,
+) -> None:
     sh = _answers(seed=2, **shadow_kw)
     shadow = write_embeddings(tmp_path / "sh.npz", sh["embeddings"], sh["member"], sh["index"])
     extra: list[str] = []
     if ref_kw is not None:
         ref = _answers(seed=3, **ref_kw)
-        extra = ["--reference-embeddings",
-                 str(write_embeddings(tmp_path / "ref.npz", ref["embeddings"]))]
+        extra = [
+            "--reference-embeddings",
+            str(write_embeddings(tmp_path / "ref.npz", ref["embeddings"])),
+        ]
     count("inputs")
     res = invoke(_attack(good["target"], shadow, tmp_path / "out", *extra), cwd=tmp_path)
     assert_user_error(res, tmp_path / "out", before=set())
@@ -297,7 +339,8 @@ def _split_file(tmp_path: Path, edit: Any, resign: bool) -> Path:
     edit(raw["roles"])
     if resign:
         raw["fingerprint"] = roles_fingerprint(
-            {k: np.asarray(v, np.int64) for k, v in raw["roles"].items()})
+            {k: np.asarray(v, np.int64) for k, v in raw["roles"].items()}
+        )
     path = tmp_path / "split.json"
     path.write_text(json.dumps(raw))
     return path
@@ -330,11 +373,17 @@ def _out_of_pool(roles: dict[str, list[int]]) -> None:
         (_out_of_pool, True, ""),
         (lambda r: r.pop("reference", None) or r.pop("target_member"), False, ""),
     ],
-    ids=["member-nonmember re-signed", "target-shadow re-signed", "edited not re-signed",
-         "index beyond the pool", "role missing"],
+    ids=[
+        "member-nonmember re-signed",
+        "target-shadow re-signed",
+        "edited not re-signed",
+        "index beyond the pool",
+        "role missing",
+    ],
 )
-def test_tampered_split_files_are_refused(tmp_path: Path, edit: Any, resign: bool,
-                                          says: str) -> None:
+def test_tampered_split_files_are_refused(
+    tmp_path: Path, edit: Any, resign: bool, says: str
+) -> None:
     from lpla.data.splits import MembershipSplit
 
     path = _split_file(tmp_path, edit, resign)
@@ -342,9 +391,23 @@ def test_tampered_split_files_are_refused(tmp_path: Path, edit: Any, resign: boo
     with pytest.raises(LplaError, match=says):
         MembershipSplit.load(path)
     out = tmp_path / "out"
-    res = invoke(["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--image-shape",
-                  "1,12,12", "--role", "target_member", "--split-file", str(path),
-                  "--out", str(out / "e.npz"), "--no-progress"], cwd=tmp_path)
+    res = invoke(
+        [
+            "embed",
+            "--encoder",
+            "fixtures_user_model:tiny_encoder",
+            "--image-shape",
+            "1,12,12",
+            "--role",
+            "target_member",
+            "--split-file",
+            str(path),
+            "--out",
+            str(out / "e.npz"),
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+    )
     assert_user_error(res, out, before=set(), contains=says or None)
 
 
@@ -366,13 +429,28 @@ def test_tampered_split_files_are_refused(tmp_path: Path, edit: Any, resign: boo
         ("weights.safetensors", [], "without an architecture"),
     ],
 )
-def test_wrong_encoders_are_user_errors(tmp_path: Path, spec: str, extra: list[str],
-                                        says: str) -> None:
+def test_wrong_encoders_are_user_errors(
+    tmp_path: Path, spec: str, extra: list[str], says: str
+) -> None:
     (tmp_path / "weights.safetensors").write_bytes(b"x")
     out = tmp_path / "out"
     count("inputs")
-    res = invoke(["embed", "--encoder", spec, "--dataset", "fashion-mnist", "--limit", "4",
-                  "--out", str(out / "e.npz"), "--no-progress", *extra], cwd=tmp_path)
+    res = invoke(
+        [
+            "embed",
+            "--encoder",
+            spec,
+            "--dataset",
+            "fashion-mnist",
+            "--limit",
+            "4",
+            "--out",
+            str(out / "e.npz"),
+            "--no-progress",
+            *extra,
+        ],
+        cwd=tmp_path,
+    )
     assert_user_error(res, out, before=set(), contains=says)
 
 
@@ -401,45 +479,105 @@ def test_encoder_with_wrong_output_rank_is_a_user_error() -> None:
 
 
 UNKNOWN_NAMES = {
-    "dataset": ["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset", "nope",
-                "--out", "o/e.npz"],
+    "dataset": [
+        "embed",
+        "--encoder",
+        "fixtures_user_model:tiny_encoder",
+        "--dataset",
+        "nope",
+        "--out",
+        "o/e.npz",
+    ],
     "train dataset": ["train", "--dataset", "nope", "--out", "o/enc", "--epochs", "1"],
     "backbone": ["train", "--backbone", "nope", "--out", "o/enc", "--epochs", "1"],
     "framework": ["train", "--framework", "nope", "--out", "o/enc", "--epochs", "1"],
     "train augmentation": ["train", "--augmentation", "nope", "--out", "o/enc", "--epochs", "1"],
-    "query augmentation": ["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset",
-                           "fashion-mnist", "--augmentation", "nope", "--image-shape", "1,12,12",
-                           "--limit", "4", "--out", "o/e.npz"],
-    "attack": ["attack", "--target-embeddings", "T", "--shadow-embeddings", "S", "--attacks",
-               "nope", "--out", "o"],
+    "query augmentation": [
+        "embed",
+        "--encoder",
+        "fixtures_user_model:tiny_encoder",
+        "--dataset",
+        "fashion-mnist",
+        "--augmentation",
+        "nope",
+        "--image-shape",
+        "1,12,12",
+        "--limit",
+        "4",
+        "--out",
+        "o/e.npz",
+    ],
+    "attack": [
+        "attack",
+        "--target-embeddings",
+        "T",
+        "--shadow-embeddings",
+        "S",
+        "--attacks",
+        "nope",
+        "--out",
+        "o",
+    ],
     "defense": ["audit", "--defense", "nope:0.1", "--members", "8", "--epochs", "1", "--out", "o"],
     "knowledge": ["audit", "--knowledge", "nope", "--members", "8", "--epochs", "1", "--out", "o"],
-    "audit dataset": ["audit", "--dataset", "nope", "--members", "8", "--epochs", "1",
-                      "--out", "o"],
-    "audit framework": ["audit", "--framework", "nope", "--members", "8", "--epochs", "1",
-                        "--out", "o"],
-    "audit backbone": ["audit", "--backbone", "nope", "--members", "8", "--epochs", "1",
-                       "--out", "o"],
+    "audit dataset": [
+        "audit",
+        "--dataset",
+        "nope",
+        "--members",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        "o",
+    ],
+    "audit framework": [
+        "audit",
+        "--framework",
+        "nope",
+        "--members",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        "o",
+    ],
+    "audit backbone": [
+        "audit",
+        "--backbone",
+        "nope",
+        "--members",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        "o",
+    ],
     "study preset": ["study", "--preset", "nope", "--out", "o"],
-    "embed role": ["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--role", "nope",
-                   "--split-file", "s.json", "--out", "o/e.npz"],
+    "embed role": [
+        "embed",
+        "--encoder",
+        "fixtures_user_model:tiny_encoder",
+        "--role",
+        "nope",
+        "--split-file",
+        "s.json",
+        "--out",
+        "o/e.npz",
+    ],
     "list what": ["list", "nope"],
 }
 
 
-_TRAIN_WRITES_FIRST = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (src/lpla/ssl/train.py, not ours): lpla train writes --out/split.json before "
-    "checking backbone/framework/augmentation names; validate the config first",
-)
-UNKNOWN_CASES = [pytest.param(c, marks=_TRAIN_WRITES_FIRST) if c in (
-    "backbone", "framework", "train augmentation") else c for c in UNKNOWN_NAMES]
+UNKNOWN_CASES = list(UNKNOWN_NAMES)
 
 
 @pytest.mark.parametrize("case", UNKNOWN_CASES)
 def test_unknown_names_are_user_errors(good: dict[str, Path], tmp_path: Path, case: str) -> None:
-    args = [good["target"] if a == "T" else good["shadow"] if a == "S" else a
-            for a in UNKNOWN_NAMES[case]]
+    args = [
+        good["target"] if a == "T" else good["shadow"] if a == "S" else a
+        for a in UNKNOWN_NAMES[case]
+    ]
     count("inputs")
     res = invoke([str(a) for a in args], cwd=tmp_path)
     assert_user_error(res, tmp_path / "o", before=set(), contains="nope")
@@ -456,17 +594,58 @@ OUT_OF_RANGE = {
     "audit p = 0": ["audit", "--p", "0", "--members", "8", "--epochs", "1", "--out", "o"],
     "views grid 0": ["attack", "T", "--views-grid", "0"],
     "n-bootstrap 0": ["attack", "T", "--n-bootstrap", "0"],
-    "embed views 0": ["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset",
-                      "fashion-mnist", "--views", "0", "--image-shape", "1,12,12", "--out",
-                      "o/e.npz"],
-    "embed batch 0": ["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset",
-                      "fashion-mnist", "--batch-size", "0", "--image-shape", "1,12,12",
-                      "--out", "o/e.npz"],
-    "embed limit 0": ["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset",
-                      "fashion-mnist", "--limit", "0", "--out", "o/e.npz"],
-    "embed dtype": ["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset",
-                    "fashion-mnist", "--dtype", "int8", "--image-shape", "1,12,12", "--limit",
-                    "4", "--out", "o/e.npz"],
+    "embed views 0": [
+        "embed",
+        "--encoder",
+        "fixtures_user_model:tiny_encoder",
+        "--dataset",
+        "fashion-mnist",
+        "--views",
+        "0",
+        "--image-shape",
+        "1,12,12",
+        "--out",
+        "o/e.npz",
+    ],
+    "embed batch 0": [
+        "embed",
+        "--encoder",
+        "fixtures_user_model:tiny_encoder",
+        "--dataset",
+        "fashion-mnist",
+        "--batch-size",
+        "0",
+        "--image-shape",
+        "1,12,12",
+        "--out",
+        "o/e.npz",
+    ],
+    "embed limit 0": [
+        "embed",
+        "--encoder",
+        "fixtures_user_model:tiny_encoder",
+        "--dataset",
+        "fashion-mnist",
+        "--limit",
+        "0",
+        "--out",
+        "o/e.npz",
+    ],
+    "embed dtype": [
+        "embed",
+        "--encoder",
+        "fixtures_user_model:tiny_encoder",
+        "--dataset",
+        "fashion-mnist",
+        "--dtype",
+        "int8",
+        "--image-shape",
+        "1,12,12",
+        "--limit",
+        "4",
+        "--out",
+        "o/e.npz",
+    ],
     "audit views 0": ["audit", "--views", "0", "--members", "8", "--epochs", "1", "--out", "o"],
     "audit members 0": ["audit", "--members", "0", "--epochs", "1", "--out", "o"],
     "audit members too many": ["audit", "--members", "100000", "--epochs", "1", "--out", "o"],
@@ -475,16 +654,35 @@ OUT_OF_RANGE = {
     "train members -5": ["train", "--members", "-5", "--epochs", "1", "--out", "o/enc"],
     "train epochs 0": ["train", "--epochs", "0", "--members", "8", "--out", "o/enc"],
     "train lr -1": ["train", "--lr", "-1", "--epochs", "1", "--members", "8", "--out", "o/enc"],
-    "train batch 0": ["train", "--batch-size", "0", "--epochs", "1", "--members", "8",
-                      "--out", "o/enc"],
-    "train temperature 0": ["train", "--temperature", "0", "--epochs", "1", "--members", "8",
-                            "--out", "o/enc"],
+    "train batch 0": [
+        "train",
+        "--batch-size",
+        "0",
+        "--epochs",
+        "1",
+        "--members",
+        "8",
+        "--out",
+        "o/enc",
+    ],
+    "train temperature 0": [
+        "train",
+        "--temperature",
+        "0",
+        "--epochs",
+        "1",
+        "--members",
+        "8",
+        "--out",
+        "o/enc",
+    ],
 }
 
 
 @pytest.mark.parametrize("case", list(OUT_OF_RANGE))
-def test_out_of_range_parameters_are_user_errors(good: dict[str, Path], tmp_path: Path,
-                                                 case: str) -> None:
+def test_out_of_range_parameters_are_user_errors(
+    good: dict[str, Path], tmp_path: Path, case: str
+) -> None:
     args = OUT_OF_RANGE[case]
     if args[1] == "T":
         args = _attack(good["target"], good["shadow"], Path("o"))[:5] + args[2:] + ["--out", "o"]
@@ -533,24 +731,33 @@ def test_a_subprocess_run_meets_the_contract(good: dict[str, Path], tmp_path: Pa
 
 
 def test_missing_files_are_user_errors(good: dict[str, Path], tmp_path: Path) -> None:
-    for args in (_attack(tmp_path / "missing.npz", good["shadow"], tmp_path / "o"),
-                 ["audit", "--config", str(tmp_path / "missing.yaml"), "--out", "o"],
-                 ["report", str(tmp_path / "no-run")]):
+    for args in (
+        _attack(tmp_path / "missing.npz", good["shadow"], tmp_path / "o"),
+        ["audit", "--config", str(tmp_path / "missing.yaml"), "--out", "o"],
+        ["report", str(tmp_path / "no-run")],
+    ):
         count("inputs")
         res = invoke([str(a) for a in args], cwd=tmp_path)
         assert_user_error(res, tmp_path / "o", before=set())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (src/lpla/ssl/train.py or cli/train.py, not ours): `lpla train --resume --out "
-    "DIR` with no run in DIR silently starts a fresh training instead of saying there is "
-    "nothing to resume",
-)
 def test_resume_without_a_run_is_a_user_error(tmp_path: Path) -> None:
     count("inputs")
-    res = invoke(["train", "--resume", "--out", str(tmp_path / "no-run"), "--members", "8",
-                  "--epochs", "1", "--no-utility", "--no-progress"], cwd=tmp_path)
+    res = invoke(
+        [
+            "train",
+            "--resume",
+            "--out",
+            str(tmp_path / "no-run"),
+            "--members",
+            "8",
+            "--epochs",
+            "1",
+            "--no-utility",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+    )
     assert_user_error(res, contains="resume")
 
 

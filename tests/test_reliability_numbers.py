@@ -15,8 +15,12 @@ from test_reliability_common import _tally, count, invoke  # noqa: F401
 
 
 def _write(
-    path: Path, n_members: int, n_nonmembers: int, seed: int,
-    index: np.ndarray | None = None, dataset: str | None = "fashion-mnist",
+    path: Path,
+    n_members: int,
+    n_nonmembers: int,
+    seed: int,
+    index: np.ndarray | None = None,
+    dataset: str | None = "fashion-mnist",
 ) -> Path:
     g = np.random.default_rng(seed)
     member = np.r_[np.ones(n_members, np.int8), np.zeros(n_nonmembers, np.int8)]
@@ -29,9 +33,24 @@ def _write(
 
 def _attack(tmp_path: Path, target: Path, shadow: Path) -> tuple[dict[str, Any], str]:
     out = tmp_path / "out"
-    res = invoke(["attack", "--target-embeddings", str(target), "--shadow-embeddings", str(shadow),
-                  "--attacks", "lpla", "--n-bootstrap", "200", "--views-grid", "1,2",
-                  "--out", str(out)], cwd=tmp_path)
+    res = invoke(
+        [
+            "attack",
+            "--target-embeddings",
+            str(target),
+            "--shadow-embeddings",
+            str(shadow),
+            "--attacks",
+            "lpla",
+            "--n-bootstrap",
+            "200",
+            "--views-grid",
+            "1,2",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+    )
     assert res.exit_code == 0, res.output
     count("outputs_checked")
     return json.loads((out / "results.json").read_text()), res.stderr
@@ -57,7 +76,7 @@ def test_tpr_at_low_fpr_is_reported_once_resolvable() -> None:
     g = np.random.default_rng(0)
     labels = np.r_[np.ones(200), np.zeros(1000)].astype(int)
     scores = g.normal(size=1200) + 3.0 * labels
-    small = evaluate_scores(scores[-999 - 200:], labels[-999 - 200:], n_bootstrap=50)
+    small = evaluate_scores(scores[-999 - 200 :], labels[-999 - 200 :], n_bootstrap=50)
     small_members = evaluate_scores(scores[:1199], labels[:1199], n_bootstrap=50)
     full = evaluate_scores(scores, labels, n_bootstrap=50)
     count("inputs", 3)
@@ -93,16 +112,29 @@ def test_perfect_separation_has_a_degenerate_ci() -> None:
         # ... but a shadow that mostly holds target members is flagged even with a few non-members
         (np.r_[np.arange(0, 20), np.arange(30, 32), np.arange(500, 530)], "fashion-mnist", True),
     ],
-    ids=["overlap", "disjoint", "other-dataset", "unknown-dataset", "shadow-on-target-nonmembers",
-         "paired-halves", "skewed-halves"],
+    ids=[
+        "overlap",
+        "disjoint",
+        "other-dataset",
+        "unknown-dataset",
+        "shadow-on-target-nonmembers",
+        "paired-halves",
+        "skewed-halves",
+    ],
 )
 def test_overlapping_shadow_members_are_flagged(
     tmp_path: Path, shadow_index: np.ndarray, shadow_dataset: str | None, warned: bool
 ) -> None:
     target = _write(tmp_path / "t.npz", 30, 30, seed=0)  # members are indices 0..29
     n_shadow_members = len(shadow_index) - 30
-    shadow = _write(tmp_path / "s.npz", n_shadow_members, 30, seed=1,
-                    index=shadow_index.astype(np.int64), dataset=shadow_dataset)
+    shadow = _write(
+        tmp_path / "s.npz",
+        n_shadow_members,
+        30,
+        seed=1,
+        index=shadow_index.astype(np.int64),
+        dataset=shadow_dataset,
+    )
     count("inputs")
     results, stderr = _attack(tmp_path, target, shadow)
     flagged = [n for n in results["notes"] if "WARNING" in n and "members" in n]

@@ -50,8 +50,21 @@ def _torch_pickle(marker: Path, **kw: Any) -> bytes:
 
 
 def _embed_args(encoder: str, out: Path, *extra: str) -> list[str]:
-    return ["embed", "--encoder", encoder, "--dataset", "fashion-mnist", "--limit", "4",
-            "--views", "2", "--out", str(out), "--no-progress", *extra]
+    return [
+        "embed",
+        "--encoder",
+        encoder,
+        "--dataset",
+        "fashion-mnist",
+        "--limit",
+        "4",
+        "--views",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -106,7 +119,8 @@ def good_pt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("pt2") / "ok.pt2"
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 5))
     program = torch.export.export(
-        model, (torch.rand(4, 1, 28, 28),),
+        model,
+        (torch.rand(4, 1, 28, 28),),
         dynamic_shapes={"input": {0: torch.export.Dim("batch")}},
     )
     torch.export.save(program, path)
@@ -142,10 +156,12 @@ def _pt2_attacks(marker: Path) -> dict[str, Any]:
 
     def graph_target(name: str, data: bytes) -> bytes:  # getattr chain from torch to os.system
         if name.endswith(".json") and "/models/" in name:
-            text = data.decode().replace('"torch.ops.aten.view.default"',
-                                         '"torch.serialization.os.system"')
-            text = text.replace('"torch.ops.aten.linear.default"',
-                                '"torch.serialization.os.system"')
+            text = data.decode().replace(
+                '"torch.ops.aten.view.default"', '"torch.serialization.os.system"'
+            )
+            text = text.replace(
+                '"torch.ops.aten.linear.default"', '"torch.serialization.os.system"'
+            )
             return text.encode()
         return data
 
@@ -165,16 +181,22 @@ def _pt2_attacks(marker: Path) -> dict[str, Any]:
         if name.endswith(".json") and "/models/" in name:
             import re
 
-            text = re.sub(r'"expr_str": "[^"]*"', '"expr_str": "open(\'victim\', \'w\')"',
-                          data.decode(), count=1)
+            text = re.sub(
+                r'"expr_str": "[^"]*"',
+                "\"expr_str\": \"open('victim', 'w')\"",
+                data.decode(),
+                count=1,
+            )
             return text.encode()
         return data
 
     return {
         "sample-inputs-pickle": (sample_inputs, {}),
         "pickled-weight": (pickled_weight, {}),
-        "opaque-constant": (lambda n, d: d, {"data/constants/opaque_obj_0": pickle.dumps(
-            Payload(marker))}),
+        "opaque-constant": (
+            lambda n, d: d,
+            {"data/constants/opaque_obj_0": pickle.dumps(Payload(marker))},
+        ),
         "aoti-shared-library": (lambda n, d: d, {"data/aotinductor/model/evil.so": b"\x7fELF"}),
         "graph-target-os-system": (graph_target, {}),
         "shape-expression-eval": (shape_expr, {}),
@@ -184,8 +206,15 @@ def _pt2_attacks(marker: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "attack",
-    ["sample-inputs-pickle", "pickled-weight", "opaque-constant", "aoti-shared-library",
-     "graph-target-os-system", "shape-expression-eval", "shape-expression-builtin"],
+    [
+        "sample-inputs-pickle",
+        "pickled-weight",
+        "opaque-constant",
+        "aoti-shared-library",
+        "graph-target-os-system",
+        "shape-expression-eval",
+        "shape-expression-builtin",
+    ],
 )
 def test_malicious_torch_export_archive_is_refused(
     tmp_path: Path, marker: Path, good_pt2: Path, attack: str
@@ -221,8 +250,10 @@ def test_the_pt2_checks_keep_real_exports_working(good_pt2: Path) -> None:
 def test_torch_load_is_weights_only_again_after_an_export_load(good_pt2: Path) -> None:
     from lpla.encoders import load_any_encoder
 
-    before = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD",
-                                              "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    before = {
+        k: os.environ.get(k)
+        for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    }
     load_any_encoder(str(good_pt2))
     after = {k: os.environ.get(k) for k in before}
     assert after == before  # the forcing switch is scoped to the load
@@ -233,13 +264,33 @@ def test_torch_load_is_weights_only_again_after_an_export_load(good_pt2: Path) -
 
 def test_npz_with_pickled_object_array_is_refused(tmp_path: Path, marker: Path) -> None:
     evil = tmp_path / "evil.npz"
-    np.savez(evil, embeddings=np.array([Payload(marker)], dtype=object),
-             member=np.array([1], np.int8), index=np.array([0]))
+    np.savez(
+        evil,
+        embeddings=np.array([Payload(marker)], dtype=object),
+        member=np.array([1], np.int8),
+        index=np.array([0]),
+    )
     out = tmp_path / "out"
-    for cmd in (["attack", "--target-embeddings", str(evil), "--shadow-embeddings", str(evil),
-                 "--out", str(out)],
-                ["audit", "--target-embeddings", str(evil), "--shadow-embeddings", str(evil),
-                 "--out", str(out)]):
+    for cmd in (
+        [
+            "attack",
+            "--target-embeddings",
+            str(evil),
+            "--shadow-embeddings",
+            str(evil),
+            "--out",
+            str(out),
+        ],
+        [
+            "audit",
+            "--target-embeddings",
+            str(evil),
+            "--shadow-embeddings",
+            str(evil),
+            "--out",
+            str(out),
+        ],
+    ):
         count("inputs")
         res = invoke(cmd, cwd=tmp_path)
         assert_user_error(res, out, before=snapshot(out), contains="object arrays")
@@ -249,8 +300,12 @@ def test_npz_with_object_member_array_is_refused(tmp_path: Path, marker: Path) -
     from lpla.embeddings import open_embeddings
 
     evil = tmp_path / "evil.npz"
-    np.savez(evil, embeddings=np.zeros((2, 2, 3), np.float32),
-             member=np.array([Payload(marker), 1], dtype=object), index=np.arange(2))
+    np.savez(
+        evil,
+        embeddings=np.zeros((2, 2, 3), np.float32),
+        member=np.array([Payload(marker), 1], dtype=object),
+        index=np.arange(2),
+    )
     count("inputs")
     with pytest.raises(LplaError, match="object arrays"):
         open_embeddings(evil)
@@ -261,8 +316,10 @@ def test_pickle_named_safetensors_is_refused(tmp_path: Path, marker: Path) -> No
     weights.write_bytes(_torch_pickle(marker))
     out = tmp_path / "out"
     count("inputs")
-    res = invoke(_embed_args("fixtures_user_model:tiny_encoder", out / "e.npz", "--weights",
-                             str(weights)), cwd=tmp_path)
+    res = invoke(
+        _embed_args("fixtures_user_model:tiny_encoder", out / "e.npz", "--weights", str(weights)),
+        cwd=tmp_path,
+    )
     assert_user_error(res, out, before=set(), contains="safetensors")
 
 
@@ -270,9 +327,25 @@ def test_pickle_named_safetensors_is_refused(tmp_path: Path, marker: Path) -> No
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny) lpla checkpoint to tamper with."""
     out = tmp_path_factory.mktemp("ckpt") / "enc"
-    res = invoke(["train", "--dataset", "fashion-mnist", "--members", "16", "--backbone", "mlp",
-                  "--epochs", "1", "--batch-size", "16", "--no-utility", "--no-progress",
-                  "--out", str(out)])
+    res = invoke(
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--members",
+            "16",
+            "--backbone",
+            "mlp",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--no-utility",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 0, res.output
     return out
 
@@ -299,22 +372,25 @@ def test_malicious_cifar_batch_is_refused(tmp_path: Path, marker: Path) -> None:
     with pytest.raises(LplaError, match="refusing to unpickle"):
         create_dataset("cifar10", split="test", root=str(tmp_path / "cifar"))
     out = tmp_path / "out"
-    res = invoke(["embed", "--encoder", "fixtures_user_model:tiny_encoder", "--dataset", "cifar10",
-                  "--data-root", str(tmp_path / "cifar"), "--out", str(out / "e.npz"),
-                  "--no-progress"], cwd=tmp_path)
+    res = invoke(
+        [
+            "embed",
+            "--encoder",
+            "fixtures_user_model:tiny_encoder",
+            "--dataset",
+            "cifar10",
+            "--data-root",
+            str(tmp_path / "cifar"),
+            "--out",
+            str(out / "e.npz"),
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+    )
     assert_user_error(res, out, before=set(), contains="refusing to unpickle")
 
 
-_PARAM_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (src/lpla/cli/train.py, not ours): _framework_params lets yaml.YAMLError escape "
-    "(traceback); fix: catch yaml.YAMLError there and raise LplaError",
-)
-
-
-@pytest.mark.parametrize(
-    "where", ["audit-config", "train-config", pytest.param("train-param", marks=_PARAM_BUG)]
-)
+@pytest.mark.parametrize("where", ["audit-config", "train-config", "train-param"])
 def test_yaml_python_tags_are_refused(tmp_path: Path, marker: Path, where: str) -> None:
     tag = f'!!python/object/apply:os.system ["touch {marker}"]'
     cfg = tmp_path / "evil.yaml"
@@ -322,8 +398,17 @@ def test_yaml_python_tags_are_refused(tmp_path: Path, marker: Path, where: str) 
     args = {
         "audit-config": ["audit", "--config", str(cfg), "--out", str(tmp_path / "run")],
         "train-config": ["train", "--config", str(cfg), "--out", str(tmp_path / "run")],
-        "train-param": ["train", "--param", f"output_dim={tag}", "--out", str(tmp_path / "run"),
-                        "--epochs", "1", "--members", "8"],
+        "train-param": [
+            "train",
+            "--param",
+            f"output_dim={tag}",
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--members",
+            "8",
+        ],
     }[where]
     count("inputs")
     res = invoke(args, cwd=tmp_path)
@@ -334,8 +419,12 @@ def test_paired_halves_with_object_arrays_is_refused(tmp_path: Path, marker: Pat
     from lpla.data.splits import PairedHalves
 
     evil = tmp_path / "halves.npz"
-    np.savez(evil, index=np.array([Payload(marker)], dtype=object),
-             membership=np.ones((2, 1), bool), seed=np.int64(0))
+    np.savez(
+        evil,
+        index=np.array([Payload(marker)], dtype=object),
+        membership=np.ones((2, 1), bool),
+        seed=np.int64(0),
+    )
     count("inputs")
     with pytest.raises(LplaError):
         PairedHalves.load(evil)
@@ -377,12 +466,21 @@ def test_every_deserialisation_point_is_known() -> None:
     for path in root.rglob("*.py"):
         for line in path.read_text().splitlines():
             code = line.split("#")[0]
-            if pattern.search(code) and not code.strip().startswith(("\"", "'", "``")):
+            if pattern.search(code) and not code.strip().startswith(('"', "'", "``")):
                 found.add(str(path.relative_to(root)))
     reviewed = {
-        "embeddings.py", "encoders.py", "report/rundir.py", "data/safe_pickle.py",
-        "data/splits.py", "data/registry.py", "data/formats.py", "data/folder.py",
-        "ssl/checkpoint.py", "ssl/config.py", "audit.py", "cli/train.py",
+        "embeddings.py",
+        "encoders.py",
+        "report/rundir.py",
+        "data/safe_pickle.py",
+        "data/splits.py",
+        "data/registry.py",
+        "data/formats.py",
+        "data/folder.py",
+        "ssl/checkpoint.py",
+        "ssl/config.py",
+        "audit.py",
+        "cli/train.py",
     }
     assert found <= reviewed, f"unreviewed deserialisation in {sorted(found - reviewed)}"
     docs = (root.parents[1] / "docs" / "reliability.md").read_text()

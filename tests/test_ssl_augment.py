@@ -9,8 +9,17 @@ import torch
 from lpla.errors import LplaError
 from lpla.ssl.augment import AUGMENTATIONS, create_augmentation
 
-CONTRACT_NAMES = {"simclr", "moco-v2", "byol", "simsiam", "barlow-twins", "vicreg", "dino",
-                  "weak", "none"}
+CONTRACT_NAMES = {
+    "simclr",
+    "moco-v2",
+    "byol",
+    "simsiam",
+    "barlow-twins",
+    "vicreg",
+    "dino",
+    "weak",
+    "none",
+}
 
 
 def _ops(aug: torch.nn.Module, view: int = 0) -> list[type]:

@@ -11,8 +11,15 @@ from lpla.errors import LplaError
 from lpla.ssl.backbones import BACKBONES, create_backbone
 
 EXPECTED_DIM = {
-    "cnn-small": 128, "mlp": 256, "resnet18": 512, "resnet34": 512, "resnet50": 2048,
-    "resnet18-imagenet": 512, "resnet34-imagenet": 512, "resnet50-imagenet": 2048, "vit-tiny": 192,
+    "cnn-small": 128,
+    "mlp": 256,
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+    "resnet18-imagenet": 512,
+    "resnet34-imagenet": 512,
+    "resnet50-imagenet": 2048,
+    "vit-tiny": 192,
 }
 
 

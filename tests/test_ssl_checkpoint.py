@@ -21,10 +21,17 @@ def _write(directory: Path, backbone: str = "cnn-small") -> torch.nn.Module:
         for p in model.parameters():
             p.add_(0.01)
     save_model(directory / "model.safetensors", model)
-    write_meta(directory, {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "backbone": backbone,
-        "framework": "simclr", "framework_params": model.params, "image_shape": [1, 12, 12],
-    })
+    write_meta(
+        directory,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone": backbone,
+            "framework": "simclr",
+            "framework_params": model.params,
+            "image_shape": [1, 12, 12],
+        },
+    )
     return model
 
 

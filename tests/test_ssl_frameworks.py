@@ -90,8 +90,9 @@ def test_moco_queue_fills_with_keys() -> None:
 
 
 def test_dino_teacher_temperature_warms_up() -> None:
-    model = _model("dino", warmup_teacher_temperature=0.02, teacher_temperature=0.06,
-                   warmup_fraction=0.5)
+    model = _model(
+        "dino", warmup_teacher_temperature=0.02, teacher_temperature=0.06, warmup_fraction=0.5
+    )
     assert model.current_teacher_temperature() == pytest.approx(0.02)
     model.on_step_end(1, 8)  # progress 0.25 -> halfway through warm-up
     assert model.current_teacher_temperature() == pytest.approx(0.04)

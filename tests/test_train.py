@@ -42,9 +42,18 @@ def blobs() -> ArrayDataset:
 
 def _cfg(tmp_path: Path, name: str = "enc", **kw: Any) -> TrainConfig:
     settings: dict[str, Any] = dict(
-        out=str(tmp_path / name), dataset="fashion-mnist", framework="simclr",
-        backbone="cnn-small", members=32, epochs=4, seed=0, batch_size=16, progress=False,
-        utility=False, checkpoint_every=1, warmup_epochs=1.0,
+        out=str(tmp_path / name),
+        dataset="fashion-mnist",
+        framework="simclr",
+        backbone="cnn-small",
+        members=32,
+        epochs=4,
+        seed=0,
+        batch_size=16,
+        progress=False,
+        utility=False,
+        checkpoint_every=1,
+        warmup_epochs=1.0,
     )
     settings.update(kw)
     return TrainConfig(**settings)
@@ -104,8 +113,12 @@ def test_checkpoint_layout_is_self_describing(tmp_path, blobs) -> None:
     from lpla.data.splits import MembershipSplit
 
     out = train_encoder(_cfg(tmp_path, augmentation="weak", crop_scale_min=0.9), dataset=blobs)
-    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "train_state.safetensors",
-                                              "checkpoint.json", "split.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "model.safetensors",
+        "train_state.safetensors",
+        "checkpoint.json",
+        "split.json",
+    }
     assert not list(out.glob("*.tmp*"))  # atomic writes leave no temporaries
     meta = json.loads((out / "checkpoint.json").read_text())
     split = MembershipSplit.load(out / "split.json")
@@ -205,8 +218,15 @@ def test_a_short_real_run_learns(tmp_path) -> None:
     from lpla.ssl.checkpoint import build_model
     from lpla.utility import evaluate_utility
 
-    cfg = _cfg(tmp_path, members=256, epochs=8, batch_size=128, lr=2e-3, warmup_epochs=0.0,
-               checkpoint_every=0)
+    cfg = _cfg(
+        tmp_path,
+        members=256,
+        epochs=8,
+        batch_size=128,
+        lr=2e-3,
+        warmup_epochs=0.0,
+        checkpoint_every=0,
+    )
     out = train_encoder(cfg)
     meta = json.loads((out / "checkpoint.json").read_text())
     curve = meta["loss_curve"]

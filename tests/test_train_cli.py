@@ -20,9 +20,28 @@ def _run(args: list[str]):
 
 def test_the_documented_call_trains_and_reports_utility(tmp_path: Path) -> None:
     out = tmp_path / "enc"
-    result = _run(["train", "--dataset", "fashion-mnist", "--framework", "simclr",
-                   "--backbone", "cnn-small", "--members", "512", "--epochs", "3", "--seed", "0",
-                   "--out", str(out), "--utility-train-limit", "1000", "--no-progress"])
+    result = _run(
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--framework",
+            "simclr",
+            "--backbone",
+            "cnn-small",
+            "--members",
+            "512",
+            "--epochs",
+            "3",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--utility-train-limit",
+            "1000",
+            "--no-progress",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert f"encoder: {out}" in result.output and "utility: linear probe" in result.output
     meta = json.loads((out / "checkpoint.json").read_text())
@@ -41,11 +60,27 @@ def test_the_documented_call_trains_and_reports_utility(tmp_path: Path) -> None:
 
 def test_config_file_and_flag_override(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("dataset: fashion-mnist\nframework: byol\nmembers: 40\nepochs: 1\n"
-                   "batch_size: 20\nutility: false\nframework_params: {hidden_dim: 64}\n")
+    cfg.write_text(
+        "dataset: fashion-mnist\nframework: byol\nmembers: 40\nepochs: 1\n"
+        "batch_size: 20\nutility: false\nframework_params: {hidden_dim: 64}\n"
+    )
     out = tmp_path / "enc"
-    result = _run(["train", "--config", str(cfg), "--members", "48", "--param", "output_dim=32",
-                   "--augmentation", "weak", "--out", str(out), "--no-progress"])
+    result = _run(
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--members",
+            "48",
+            "--param",
+            "output_dim=32",
+            "--augmentation",
+            "weak",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "checkpoint.json").read_text())
     assert meta["framework"] == "byol" and meta["num_members"] == 48
@@ -67,8 +102,17 @@ def test_config_file_and_flag_override(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
-    base = ["train", "--members", "32", "--epochs", "1", "--no-utility", "--no-progress",
-            "--out", str(tmp_path / "enc")]
+    base = [
+        "train",
+        "--members",
+        "32",
+        "--epochs",
+        "1",
+        "--no-utility",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "enc"),
+    ]
     result = _run(base + args)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -79,17 +123,53 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
 def test_subprocess_train_then_utility(tmp_path: Path) -> None:
     out = tmp_path / "enc"
     train = subprocess.run(
-        [sys.executable, "-m", "lpla.cli", "train", "--dataset", "fashion-mnist",
-         "--framework", "vicreg", "--backbone", "mlp", "--members", "64", "--epochs", "2",
-         "--out", str(out), "--no-utility", "--no-progress", "--threads", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "lpla.cli",
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--framework",
+            "vicreg",
+            "--backbone",
+            "mlp",
+            "--members",
+            "64",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--no-utility",
+            "--no-progress",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert train.returncode == 0, train.stderr
     assert (out / "model.safetensors").is_file()
     util = subprocess.run(
-        [sys.executable, "-m", "lpla.cli", "utility", "--encoder", str(out), "--train-limit",
-         "300", "--test-limit", "300", "--no-pixels", "--threads", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "lpla.cli",
+            "utility",
+            "--encoder",
+            str(out),
+            "--train-limit",
+            "300",
+            "--test-limit",
+            "300",
+            "--no-pixels",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert util.returncode == 0, util.stderr
     written = json.loads((out / "utility.json").read_text())

@@ -14,8 +14,9 @@ from lpla.utility import evaluate_utility, knn_accuracy, linear_probe_accuracy
 def _knn_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One query; its nearest neighbour (cos 1.0) is class 0, the next two (cos 0.9) class 1."""
     angle = np.arccos(0.9)
-    train = np.array([[1.0, 0.0], [np.cos(angle), np.sin(angle)], [np.cos(angle), -np.sin(angle)],
-                      [-1.0, 0.0]])
+    train = np.array(
+        [[1.0, 0.0], [np.cos(angle), np.sin(angle)], [np.cos(angle), -np.sin(angle)], [-1.0, 0.0]]
+    )
     return train, np.array([0, 1, 1, 2]), np.array([[2.0, 0.0]]), np.array([0])
 
 
@@ -47,8 +48,13 @@ def test_linear_probe_separable_vs_random_labels(rng: np.random.Generator) -> No
 
 
 def test_evaluate_utility_identity_encoder_equals_the_pixel_baseline(tiny_dataset) -> None:
-    test = ArrayDataset(tiny_dataset.images.flip(0), tiny_dataset.labels[::-1].copy(),
-                        name="tiny", split="test", num_classes=4)
+    test = ArrayDataset(
+        tiny_dataset.images.flip(0),
+        tiny_dataset.labels[::-1].copy(),
+        name="tiny",
+        split="test",
+        num_classes=4,
+    )
     result = evaluate_utility(torch.nn.Flatten(), tiny_dataset, test, train_limit=48, seed=0)
     assert result["linear_probe_acc"] == result["linear_probe_acc_pixels"]
     assert result["knn_acc"] == result["knn_acc_pixels"]

@@ -137,30 +137,58 @@ def _p_str(p: float) -> str:
 KnowledgeFn = Callable[[EncoderSpec, AuditConfig], EncoderSpec]
 KNOWLEDGE: Registry[KnowledgeFn] = Registry("knowledge setting")
 
-_OTHER_FRAMEWORK = {"simclr": "byol", "byol": "simclr", "moco-v2": "simclr", "simsiam": "simclr",
-                    "barlow-twins": "simclr", "vicreg": "simclr", "dino": "simclr"}
-_OTHER_BACKBONE = {"mlp": "cnn-small", "cnn-small": "mlp", "resnet18": "resnet34", "resnet34": "resnet18",
-                   "resnet50": "resnet18", "vit-tiny": "resnet18"}
-_OTHER_DATA = {"fashion-mnist": "digits", "fashion-mnist-full": "digits", "cifar10": "cifar100",
-               "cifar100": "cifar10", "stl10": "cifar10", "svhn": "cifar10", "digits": "fashion-mnist"}
+_OTHER_FRAMEWORK = {
+    "simclr": "byol",
+    "byol": "simclr",
+    "moco-v2": "simclr",
+    "simsiam": "simclr",
+    "barlow-twins": "simclr",
+    "vicreg": "simclr",
+    "dino": "simclr",
+}
+_OTHER_BACKBONE = {
+    "mlp": "cnn-small",
+    "cnn-small": "mlp",
+    "resnet18": "resnet34",
+    "resnet34": "resnet18",
+    "resnet50": "resnet18",
+    "vit-tiny": "resnet18",
+}
+_OTHER_DATA = {
+    "fashion-mnist": "digits",
+    "fashion-mnist-full": "digits",
+    "cifar10": "cifar100",
+    "cifar100": "cifar10",
+    "stl10": "cifar10",
+    "svhn": "cifar10",
+    "digits": "fashion-mnist",
+}
 
 
-@KNOWLEDGE.register("same", "shadow trained like the target (same data distribution, framework, backbone)")
+@KNOWLEDGE.register(
+    "same", "shadow trained like the target (same data distribution, framework, backbone)"
+)
 def _same(spec: EncoderSpec, cfg: AuditConfig) -> EncoderSpec:
     return spec
 
 
-@KNOWLEDGE.register("other-framework", "shadow uses another SSL framework (SimCLR <-> BYOL, others -> SimCLR)")
+@KNOWLEDGE.register(
+    "other-framework", "shadow uses another SSL framework (SimCLR <-> BYOL, others -> SimCLR)"
+)
 def _other_framework(spec: EncoderSpec, cfg: AuditConfig) -> EncoderSpec:
     return dataclasses.replace(spec, framework=_OTHER_FRAMEWORK.get(spec.framework, "simclr"))
 
 
-@KNOWLEDGE.register("other-backbone", "shadow uses another backbone (mlp <-> cnn-small, resnet18 <-> resnet34)")
+@KNOWLEDGE.register(
+    "other-backbone", "shadow uses another backbone (mlp <-> cnn-small, resnet18 <-> resnet34)"
+)
 def _other_backbone(spec: EncoderSpec, cfg: AuditConfig) -> EncoderSpec:
     return dataclasses.replace(spec, backbone=_OTHER_BACKBONE.get(spec.backbone, "cnn-small"))
 
 
-@KNOWLEDGE.register("other-data", "shadow trained on another dataset, resized to the target's images")
+@KNOWLEDGE.register(
+    "other-data", "shadow trained on another dataset, resized to the target's images"
+)
 def _other_data(spec: EncoderSpec, cfg: AuditConfig) -> EncoderSpec:
     return dataclasses.replace(spec, dataset=_OTHER_DATA.get(cfg.dataset, "digits"))
 
@@ -203,8 +231,13 @@ class Stages:
         return True
 
 
-def run_audit(cfg: AuditConfig, out: str | Path, *, log: Callable[[str], None] = print,
-              command: str | None = None) -> dict[str, Any]:
+def run_audit(
+    cfg: AuditConfig,
+    out: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Split, train target and shadow, query both, attack, measure utility, write the report."""
     from lpla.audit_stages import (
         attack_stage,
@@ -231,10 +264,14 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, log: Callable[[str], None] =
         return result
 
     split = timed("split", lambda: make_split_stage(cfg, sh_spec, out, stages))
-    timed("train_target", lambda: train_stage(cfg, cfg.target, "target", split, out, stages, device))
+    timed(
+        "train_target", lambda: train_stage(cfg, cfg.target, "target", split, out, stages, device)
+    )
     timed("train_shadow", lambda: train_stage(cfg, sh_spec, "shadow", split, out, stages, device))
     answers = timed("query", lambda: embed_stage(cfg, sh_spec, split, out, stages, device))
-    utility = timed("utility", lambda: utility_stage(cfg, out, stages, device)) if cfg.utility else None
+    utility = (
+        timed("utility", lambda: utility_stage(cfg, out, stages, device)) if cfg.utility else None
+    )
     results = timed("attacks", lambda: attack_stage(cfg, answers, out))
     results.update(
         {
@@ -265,7 +302,12 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, log: Callable[[str], None] =
 
 
 def _reproduce_command(cfg: AuditConfig, out: Path) -> str:
-    return "lpla audit --config " + shlex.quote(str(out / "audit_config.json")) + " --out " + shlex.quote(str(out))
+    return (
+        "lpla audit --config "
+        + shlex.quote(str(out / "audit_config.json"))
+        + " --out "
+        + shlex.quote(str(out))
+    )
 
 
 def current_command() -> str:
@@ -301,7 +343,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> AuditConfig
     t_known = {f.name for f in dataclasses.fields(EncoderSpec)}
     t_unknown = set(target) - t_known
     if t_unknown:
-        raise LplaError(f"{source}: unknown target option(s) {sorted(t_unknown)}; known: {sorted(t_known)}")
+        raise LplaError(
+            f"{source}: unknown target option(s) {sorted(t_unknown)}; known: {sorted(t_known)}"
+        )
     if "p" in raw:
         raw["p"] = tuple(float(v) for v in raw["p"])
     for key in ("attacks", "views_grid", "defenses"):

@@ -50,19 +50,37 @@ def make_split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: Stage
     """One seeded split for target and shadow; a second one when the shadow's data differs."""
     t_path, s_path = out / "split.json", out / "shadow_split.json"
     other = sh.dataset is not None and sh.dataset != cfg.dataset
-    key = {"dataset": cfg.dataset, "members": cfg.members, "reference": cfg.reference, "seed": cfg.seed,
-           "shadow_dataset": sh.dataset if other else None, "stratify": cfg.stratify}
+    key = {
+        "dataset": cfg.dataset,
+        "members": cfg.members,
+        "reference": cfg.reference,
+        "seed": cfg.seed,
+        "shadow_dataset": sh.dataset if other else None,
+        "stratify": cfg.stratify,
+    }
 
     def build() -> None:
         size, labels = _pool(cfg.dataset, cfg.data_root, cfg.stratify)
-        split = make_split(cfg.dataset, size, members=cfg.members, seed=cfg.seed, reference=cfg.reference,
-                           stratify=labels)
+        split = make_split(
+            cfg.dataset,
+            size,
+            members=cfg.members,
+            seed=cfg.seed,
+            reference=cfg.reference,
+            stratify=labels,
+        )
         split.save(t_path)
         if other:
             assert sh.dataset is not None
             sh_size, sh_labels = _pool(sh.dataset, None, cfg.stratify)
-            sh_split = make_split(sh.dataset, sh_size, members=cfg.members, seed=cfg.seed + 1,
-                                  reference=cfg.reference, stratify=sh_labels)
+            sh_split = make_split(
+                sh.dataset,
+                sh_size,
+                members=cfg.members,
+                seed=cfg.seed + 1,
+                reference=cfg.reference,
+                stratify=sh_labels,
+            )
             sh_split.save(s_path)
 
     stages.run("split", key, [t_path] + ([s_path] if other else []), build)
@@ -70,8 +88,15 @@ def make_split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: Stage
     return Splits(target, MembershipSplit.load(s_path) if other else target)
 
 
-def train_stage(cfg: AuditConfig, spec: EncoderSpec, role: str, splits: Splits, out: Path,
-                stages: Stages, device: str) -> None:
+def train_stage(
+    cfg: AuditConfig,
+    spec: EncoderSpec,
+    role: str,
+    splits: Splits,
+    out: Path,
+    stages: Stages,
+    device: str,
+) -> None:
     """Train (or resume) one encoder; a finished checkpoint with the same config is reused."""
     from lpla.ssl.train import TrainConfig, train_encoder
 
@@ -79,10 +104,16 @@ def train_stage(cfg: AuditConfig, spec: EncoderSpec, role: str, splits: Splits, 
     split_file = out / ("split.json" if split is splits.target else "shadow_split.json")
     enc_dir = encoder_dir(cfg, out, role)
     if role == "target" and cfg.target_dir:
-        theirs = MembershipSplit.load(enc_dir / "split.json") if (enc_dir / "split.json").is_file() else None
+        theirs = (
+            MembershipSplit.load(enc_dir / "split.json")
+            if (enc_dir / "split.json").is_file()
+            else None
+        )
         if theirs is None or theirs.fingerprint() != split.fingerprint():
-            raise LplaError(f"target_dir {enc_dir} was trained on another split than this audit's; "
-                            "use the same dataset, members and seed, or leave target_dir unset")
+            raise LplaError(
+                f"target_dir {enc_dir} was trained on another split than this audit's; "
+                "use the same dataset, members and seed, or leave target_dir unset"
+            )
         if not (enc_dir / "model.safetensors").is_file():
             raise LplaError(f"target_dir {enc_dir} holds no trained encoder (model.safetensors)")
         stages.log("[shared] train_target: " + str(enc_dir))
@@ -116,34 +147,64 @@ def train_stage(cfg: AuditConfig, spec: EncoderSpec, role: str, splits: Splits, 
         resume = (enc_dir / "train_state.safetensors").exists()
         train_encoder(dataclasses.replace(tcfg, resume=resume))
 
-    stages.run(f"train_{role}", key, [enc_dir / "model.safetensors", enc_dir / "checkpoint.json"], train)
+    stages.run(
+        f"train_{role}", key, [enc_dir / "model.safetensors", enc_dir / "checkpoint.json"], train
+    )
 
 
-def _embed(enc_dir: Path, dataset: str, root: str | None, indices: np.ndarray, member: np.ndarray,
-           cfg: AuditConfig, out_file: Path, stages: Stages, device: str, stage: str) -> Path:
+def _embed(
+    enc_dir: Path,
+    dataset: str,
+    root: str | None,
+    indices: np.ndarray,
+    member: np.ndarray,
+    cfg: AuditConfig,
+    out_file: Path,
+    stages: Stages,
+    device: str,
+    stage: str,
+) -> Path:
     from lpla.data.registry import create_dataset
     from lpla.encoders import load_any_encoder, training_augmentation
     from lpla.query import embed_dataset
 
-    key = {"encoder": read_json(enc_dir / "checkpoint.json").get("split_fingerprint"),
-           "weights": (enc_dir / "model.safetensors").stat().st_mtime_ns, "dataset": dataset,
-           "indices": indices.tolist(), "views": cfg.views, "aug": cfg.query_augmentation,
-           "clean": cfg.clean_view0, "layer": cfg.layer, "seed": cfg.seed}
+    key = {
+        "encoder": read_json(enc_dir / "checkpoint.json").get("split_fingerprint"),
+        "weights": (enc_dir / "model.safetensors").stat().st_mtime_ns,
+        "dataset": dataset,
+        "indices": indices.tolist(),
+        "views": cfg.views,
+        "aug": cfg.query_augmentation,
+        "clean": cfg.clean_view0,
+        "layer": cfg.layer,
+        "seed": cfg.seed,
+    }
 
     def run() -> None:
         enc = load_any_encoder(str(enc_dir), device=device, layer=cfg.layer)
         ds = create_dataset(dataset, split="train", root=root)
-        embed_dataset(enc, ds, indices, member=member, views=cfg.views,
-                      augmentation=cfg.query_augmentation or training_augmentation(enc),
-                      clean_view0=cfg.clean_view0, seed=cfg.seed, device=device, out=out_file,
-                      progress=False, meta={"role": stage})
+        embed_dataset(
+            enc,
+            ds,
+            indices,
+            member=member,
+            views=cfg.views,
+            augmentation=cfg.query_augmentation or training_augmentation(enc),
+            clean_view0=cfg.clean_view0,
+            seed=cfg.seed,
+            device=device,
+            out=out_file,
+            progress=False,
+            meta={"role": stage},
+        )
 
     stages.run(f"embed_{stage}", key, [out_file], run)
     return out_file
 
 
-def embed_stage(cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path, stages: Stages,
-                device: str) -> tuple[EncoderAnswers, EncoderAnswers]:
+def embed_stage(
+    cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path, stages: Stages, device: str
+) -> tuple[EncoderAnswers, EncoderAnswers]:
     """Query target and shadow with K views: candidates (members + non-members) and reference."""
     from lpla.embeddings import open_embeddings
 
@@ -151,29 +212,65 @@ def embed_stage(cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path, st
     answers = []
     for role, split, ds_name, root, m_role, n_role in (
         ("target", splits.target, cfg.dataset, cfg.data_root, "target_member", "target_nonmember"),
-        ("shadow", splits.shadow, sh.dataset or cfg.dataset,
-         cfg.data_root if (sh.dataset or cfg.dataset) == cfg.dataset else None,
-         "shadow_member", "shadow_nonmember"),
+        (
+            "shadow",
+            splits.shadow,
+            sh.dataset or cfg.dataset,
+            cfg.data_root if (sh.dataset or cfg.dataset) == cfg.dataset else None,
+            "shadow_member",
+            "shadow_nonmember",
+        ),
     ):
         members, nonmembers = split.indices(m_role), split.indices(n_role)
         idx = np.concatenate([members, nonmembers])
         flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
-        cand = _embed(encoder_dir(cfg, out, role), ds_name, root, idx, flag, cfg, emb / f"{role}_candidates.npz", stages,
-                      device, f"{role}_candidates")
+        cand = _embed(
+            encoder_dir(cfg, out, role),
+            ds_name,
+            root,
+            idx,
+            flag,
+            cfg,
+            emb / f"{role}_candidates.npz",
+            stages,
+            device,
+            f"{role}_candidates",
+        )
         ref_idx = split.indices("reference")
         ref = None
         if len(ref_idx):
-            ref = _embed(encoder_dir(cfg, out, role), ds_name, root, ref_idx, np.zeros(len(ref_idx), np.int8), cfg,
-                         emb / f"{role}_reference.npz", stages, device, f"{role}_reference")
-        answers.append(EncoderAnswers(role, open_embeddings(cand),
-                                      open_embeddings(ref) if ref is not None else None))
+            ref = _embed(
+                encoder_dir(cfg, out, role),
+                ds_name,
+                root,
+                ref_idx,
+                np.zeros(len(ref_idx), np.int8),
+                cfg,
+                emb / f"{role}_reference.npz",
+                stages,
+                device,
+                f"{role}_reference",
+            )
+        answers.append(
+            EncoderAnswers(
+                role, open_embeddings(cand), open_embeddings(ref) if ref is not None else None
+            )
+        )
     target, shadow = answers
     _baseline_stage(cfg, sh, splits, out, stages, device, target, shadow)
     return target, shadow
 
 
-def _baseline_stage(cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path, stages: Stages,
-                    device: str, target: EncoderAnswers, shadow: EncoderAnswers) -> None:
+def _baseline_stage(
+    cfg: AuditConfig,
+    sh: EncoderSpec,
+    splits: Splits,
+    out: Path,
+    stages: Stages,
+    device: str,
+    target: EncoderAnswers,
+    shadow: EncoderAnswers,
+) -> None:
     """Difficulty calibration: each encoder's candidates queried on the *other* encoder.
 
     Neither encoder trained on the other's candidates (the split keeps them disjoint), so each is
@@ -192,9 +289,18 @@ def _baseline_stage(cfg: AuditConfig, sh: EncoderSpec, splits: Splits, out: Path
         members, nonmembers = split.indices(m_role), split.indices(n_role)
         idx = np.concatenate([members, nonmembers])
         flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
-        path = _embed(encoder_dir(cfg, out, other.name), cfg.dataset, cfg.data_root, idx, flag, cfg,
-                      emb / f"{other.name}_on_{own.name}_candidates.npz", stages, device,
-                      f"{other.name}_on_{own.name}_candidates")
+        path = _embed(
+            encoder_dir(cfg, out, other.name),
+            cfg.dataset,
+            cfg.data_root,
+            idx,
+            flag,
+            cfg,
+            emb / f"{other.name}_on_{own.name}_candidates.npz",
+            stages,
+            device,
+            f"{other.name}_on_{own.name}_candidates",
+        )
         own.baseline = open_embeddings_checked(path)
         own.baseline_reference = other.reference
 
@@ -206,11 +312,19 @@ def open_embeddings_checked(path: Path) -> Any:
 
 
 def attack_settings(cfg: AuditConfig) -> AttackSettings:
-    return AttackSettings(attacks=cfg.attacks, p=cfg.p, clean_view0=cfg.clean_view0,
-                          views_grid=cfg.views_grid, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    return AttackSettings(
+        attacks=cfg.attacks,
+        p=cfg.p,
+        clean_view0=cfg.clean_view0,
+        views_grid=cfg.views_grid,
+        n_bootstrap=cfg.n_bootstrap,
+        seed=cfg.seed,
+    )
 
 
-def attack_stage(cfg: AuditConfig, answers: tuple[EncoderAnswers, EncoderAnswers], out: Path) -> dict[str, Any]:
+def attack_stage(
+    cfg: AuditConfig, answers: tuple[EncoderAnswers, EncoderAnswers], out: Path
+) -> dict[str, Any]:
     """Run every attack, then the same attacks behind each output-side defense."""
     target, shadow = answers
     settings = attack_settings(cfg)
@@ -219,11 +333,15 @@ def attack_stage(cfg: AuditConfig, answers: tuple[EncoderAnswers, EncoderAnswers
     _save_scores(out / "scores.npz", run.target_member, run.scores)
     _save_norms(out / "norms.npz", run)
     if cfg.defenses:
-        results["defenses"] = {spec: _defended(spec, target, shadow, settings, cfg.seed)
-                               for spec in cfg.defenses}
-    results["split"] = {"dataset": cfg.dataset, "seed": cfg.seed,
-                        "sizes": {k: int(v) for k, v in _sizes(out).items()},
-                        "fingerprint": read_json(out / "split.json").get("fingerprint")}
+        results["defenses"] = {
+            spec: _defended(spec, target, shadow, settings, cfg.seed) for spec in cfg.defenses
+        }
+    results["split"] = {
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "sizes": {k: int(v) for k, v in _sizes(out).items()},
+        "fingerprint": read_json(out / "split.json").get("fingerprint"),
+    }
     return results
 
 
@@ -231,9 +349,10 @@ def _sizes(out: Path) -> dict[str, int]:
     return {role: len(ix) for role, ix in MembershipSplit.load(out / "split.json").roles.items()}
 
 
-def _defended(spec: str, target: EncoderAnswers, shadow: EncoderAnswers, settings: AttackSettings,
-              seed: int) -> dict[str, Any]:
-    """Attack embeddings passed through a defense; the attacker's shadow is defended the same way."""
+def _defended(
+    spec: str, target: EncoderAnswers, shadow: EncoderAnswers, settings: AttackSettings, seed: int
+) -> dict[str, Any]:
+    """Attack embeddings passed through a defense (the attacker's shadow gets it too)."""
     from lpla.defenses import create_defense
     from lpla.embeddings import EmbeddingsFile
 
@@ -248,18 +367,21 @@ def _defended(spec: str, target: EncoderAnswers, shadow: EncoderAnswers, setting
     t = EncoderAnswers(target.name, apply(target.candidates), apply(target.reference))  # type: ignore[arg-type]
     s = EncoderAnswers(shadow.name, apply(shadow.candidates), apply(shadow.reference))  # type: ignore[arg-type]
     run = run_attacks(t, [s], dataclasses.replace(settings, views_grid=()))
-    return {name: {k: v[k] for k in ("auc", "auc_ci95", "tpr_at_fpr", "advantage")}
-            for name, v in run.results["attacks"].items()}
+    return {
+        name: {k: v[k] for k in ("auc", "auc_ci95", "tpr_at_fpr", "advantage")}
+        for name, v in run.results["attacks"].items()
+    }
 
 
 def _save_scores(path: Path, member: np.ndarray, scores: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
-        np.savez(tmp, member=member, **{k: np.asarray(v, np.float64) for k, v in scores.items()})
+        arrays: dict[str, Any] = {k: np.asarray(v, np.float64) for k, v in scores.items()}
+        np.savez(tmp, member=member, **arrays)
 
 
 def _save_norms(path: Path, run: Any) -> None:
     stats = run.target_stats
-    arrays: dict[str, np.ndarray] = {
+    arrays: dict[str, Any] = {
         "p": np.asarray(stats.p, np.float64),
         "mean_norm": stats.norms.mean(axis=1),
         "member": run.target_member,
@@ -283,8 +405,11 @@ def utility_stage(cfg: AuditConfig, out: Path, stages: Stages, device: str) -> d
     from lpla.utility import evaluate_utility
 
     enc = load_any_encoder(str(encoder_dir(cfg, out, "target")), device=device)
-    result = evaluate_utility(enc.module, create_dataset(cfg.dataset, "train", root=cfg.data_root),
-                              create_dataset(cfg.dataset, "test", root=cfg.data_root))
+    result = evaluate_utility(
+        enc.module,
+        create_dataset(cfg.dataset, "train", root=cfg.data_root),
+        create_dataset(cfg.dataset, "test", root=cfg.data_root),
+    )
     write_json_atomic(out / "utility.json", result)
     if not result:
         raise LplaError("utility evaluation returned nothing")

@@ -331,7 +331,7 @@ def _safe_target(target: str) -> bool:
     if "__" in target:
         return False
     if target.startswith("_operator."):
-        return target[len("_operator."):] in _PT2_OPERATOR_FUNCS
+        return target[len("_operator.") :] in _PT2_OPERATOR_FUNCS
     return bool(_PT2_TARGET.match(target))
 
 
@@ -344,7 +344,7 @@ def _safe_expr(expr: str) -> bool:
             return False
         name = m.group("name")
         if name is not None:
-            rest = expr[m.end():].lstrip()
+            rest = expr[m.end() :].lstrip()
             is_keyword = rest.startswith("=") and not rest.startswith("==")
             allowed = not name.startswith("_") if is_keyword else name in _SYMPY_NAMES
             if not allowed:

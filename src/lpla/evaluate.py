@@ -26,7 +26,7 @@ DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10)
 
 @dataclass
 class EncoderAnswers:
-    """One encoder's answers: candidate images (with known membership for shadows) + reference set."""
+    """One encoder's answers: candidate images (membership known for shadows) + reference."""
 
     name: str
     candidates: EmbeddingsFile
@@ -76,18 +76,30 @@ def _as_input(answers: EncoderAnswers, settings: AttackSettings) -> tuple[Attack
     else:
         ref = stats
         notes.append(
-            f"{answers.name}: no reference embeddings; features calibrated on the candidate set itself"
+            f"{answers.name}: no reference embeddings; features calibrated on the candidates "
+            "themselves"
         )
     member = np.asarray(answers.candidates.member, dtype=np.int8)
     index = np.asarray(answers.candidates.index, dtype=np.int64)
     base = base_ref = None
     if answers.baseline is not None and answers.baseline_reference is not None:
-        if len(answers.baseline.index) != len(index) or not np.array_equal(answers.baseline.index, index):
-            raise LplaError(f"{answers.name}: baseline embeddings must list the same images as the candidates")
+        if len(answers.baseline.index) != len(index) or not np.array_equal(
+            answers.baseline.index, index
+        ):
+            raise LplaError(
+                f"{answers.name}: baseline embeddings must list the same images as the candidates"
+            )
         base = _stats(answers.baseline, settings)
         base_ref = _stats(answers.baseline_reference, settings)
-    inp = AttackInput(stats=stats, member=member, index=index, reference=ref, name=answers.name,
-                      baseline=base, baseline_reference=base_ref)
+    inp = AttackInput(
+        stats=stats,
+        member=member,
+        index=index,
+        reference=ref,
+        name=answers.name,
+        baseline=base,
+        baseline_reference=base_ref,
+    )
     return inp, notes
 
 
@@ -98,26 +110,33 @@ def check_compatible(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) 
         s = sh.candidates.embeddings
         if s.shape[1] != t.shape[1]:
             raise LplaError(
-                f"target has K={t.shape[1]} views per image but shadow {sh.name} has K={s.shape[1]}; "
+                f"target has K={t.shape[1]} views per image but shadow {sh.name} has "
+                f"K={s.shape[1]}; "
                 "query both with the same --views"
             )
         m = np.asarray(sh.candidates.member)
         if not (m == 1).any() or not (m == 0).any():
             raise LplaError(
-                f"shadow {sh.name} needs both members and non-members (member=1 and member=0 rows); "
+                f"shadow {sh.name} needs both members and non-members "
+                "(member=1 and member=0 rows); "
                 f"it has {(m == 1).sum()} members and {(m == 0).sum()} non-members"
             )
     tm = np.asarray(target.candidates.member)
     if not (tm == 1).any() or not (tm == 0).any():
         raise LplaError(
-            "the target's candidates need known membership to be evaluated (member=1 and member=0 rows); "
+            "the target's candidates need known membership to be evaluated "
+            "(member=1 and member=0 rows); "
             f"got {(tm == 1).sum()} members and {(tm == 0).sum()} non-members"
         )
     for ans in (target, *shadows):
-        if ans.reference is not None and ans.reference.embeddings.shape[2] != ans.candidates.embeddings.shape[2]:
+        if (
+            ans.reference is not None
+            and ans.reference.embeddings.shape[2] != ans.candidates.embeddings.shape[2]
+        ):
             raise LplaError(
-                f"{ans.name}: reference embeddings have D={ans.reference.embeddings.shape[2]} but candidates "
-                f"D={ans.candidates.embeddings.shape[2]}; they must come from the same encoder and layer"
+                f"{ans.name}: reference embeddings have D={ans.reference.embeddings.shape[2]} but "
+                f"candidates D={ans.candidates.embeddings.shape[2]}; they must come from the same "
+                "encoder and layer"
             )
 
 
@@ -149,8 +168,11 @@ def overlap_notes(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) -> 
             len(common), len(in_members), shared_nonmembers, len(in_nonmembers)
         ):
             continue
-        same = f"in {t_ds}" if t_ds is not None and s_ds is not None else \
-            "(if both files index the same dataset)"
+        same = (
+            f"in {t_ds}"
+            if t_ds is not None and s_ds is not None
+            else "(if both files index the same dataset)"
+        )
         notes.append(
             f"WARNING: {len(common)} of the target's {len(in_members)} members are also "
             f"members of shadow {sh.name} (same index {same}, e.g. {int(common[0])}); the "
@@ -205,13 +227,16 @@ def run_attacks(
         notes.append(note)
         print(f"lpla: warning: {note.removeprefix('WARNING: ')}", file=sys.stderr)
     has_baseline = t_in.baseline is not None and all(s.baseline is not None for s in sh_inputs)
-    names = list(settings.attacks) if settings.attacks else applicable_attacks(
-        k, len(sh_inputs), target.reference is not None, has_baseline
+    names = (
+        list(settings.attacks)
+        if settings.attacks
+        else applicable_attacks(k, len(sh_inputs), target.reference is not None, has_baseline)
     )
     for name in names:
         ATTACKS.get(name)
-    labels = (t_in.member == 1).astype(np.int64)
-    evaluated = t_in.member >= 0
+    member = np.asarray(t_in.member, dtype=np.int8)
+    labels = (member == 1).astype(np.int64)
+    evaluated = member >= 0
     results: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
     for name in names:
@@ -230,7 +255,7 @@ def run_attacks(
         results[name] = entry
     auc_vs_k = _auc_vs_views(names, t_in, sh_inputs, settings, k, labels, evaluated)
     out = {"attacks": results, "auc_vs_views": auc_vs_k, "notes": notes, "views": k}
-    return AttackRun(out, scores, t_in.stats, t_in.member)
+    return AttackRun(out, scores, t_in.stats, member)
 
 
 def _fit(name: str, shadows: list[AttackInput], settings: AttackSettings) -> Any:
@@ -242,7 +267,9 @@ def _fit(name: str, shadows: list[AttackInput], settings: AttackSettings) -> Any
     if need == 0 and not shadows:
         return attack.fit(None)
     if not shadows:
-        raise LplaError(f"attack {name!r} needs a shadow encoder; give --shadow or --shadow-embeddings")
+        raise LplaError(
+            f"attack {name!r} needs a shadow encoder; give --shadow or --shadow-embeddings"
+        )
     return attack.fit(shadows if len(shadows) > 1 else shadows[0])
 
 

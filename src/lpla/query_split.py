@@ -17,9 +17,19 @@ from lpla.evaluate import EncoderAnswers
 from lpla.io import read_json
 
 
-def query_checkpoint(enc_dir: Path, name: str, out_dir: Path, *, views: int, seed: int, device: str,
-                     clean_view0: bool, augmentation: str | None = None, layer: str = "backbone",
-                     data_root: str | None = None) -> EncoderAnswers:
+def query_checkpoint(
+    enc_dir: Path,
+    name: str,
+    out_dir: Path,
+    *,
+    views: int,
+    seed: int,
+    device: str,
+    clean_view0: bool,
+    augmentation: str | None = None,
+    layer: str = "backbone",
+    data_root: str | None = None,
+) -> EncoderAnswers:
     from lpla.data.registry import create_dataset
     from lpla.embeddings import open_embeddings
     from lpla.encoders import load_any_encoder, training_augmentation
@@ -30,7 +40,9 @@ def query_checkpoint(enc_dir: Path, name: str, out_dir: Path, *, views: int, see
     ckpt = read_json(enc_dir / "checkpoint.json", what="checkpoint metadata")
     split_path = enc_dir / "split.json"
     if not split_path.is_file():
-        raise LplaError(f"{enc_dir} has no split.json; attack its embeddings with --target-embeddings instead")
+        raise LplaError(
+            f"{enc_dir} has no split.json; attack its embeddings with --target-embeddings instead"
+        )
     split = MembershipSplit.load(split_path)
     config = ckpt.get("config", {})
     role = config.get("role", "target")
@@ -45,23 +57,53 @@ def query_checkpoint(enc_dir: Path, name: str, out_dir: Path, *, views: int, see
         row = halves.membership[int(config["shadow_index"])]
         members, nonmembers = halves.index[row], halves.index[~row]
     else:
-        members, nonmembers = split.indices(f"{prefix}_member"), split.indices(f"{prefix}_nonmember")
+        members, nonmembers = (
+            split.indices(f"{prefix}_member"),
+            split.indices(f"{prefix}_nonmember"),
+        )
     if len(members) == 0 or len(nonmembers) == 0:
         raise LplaError(f"{enc_dir}: its split has no {prefix} members or non-members to query")
     device = resolve_device(device)
     enc = load_any_encoder(str(enc_dir), device=device, layer=layer)
-    ds = create_dataset(config.get("dataset", split.dataset), split="train",
-                        root=data_root or config.get("data_root"))
+    ds = create_dataset(
+        config.get("dataset", split.dataset),
+        split="train",
+        root=data_root or config.get("data_root"),
+    )
     aug = augmentation or training_augmentation(enc)
     idx = np.concatenate([members, nonmembers])
     flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
-    cand = embed_dataset(enc, ds, idx, member=flag, views=views, augmentation=aug, clean_view0=clean_view0,
-                         seed=seed, device=device, out=out_dir / f"{name}_candidates.npz", progress=True)
+    cand = embed_dataset(
+        enc,
+        ds,
+        idx,
+        member=flag,
+        views=views,
+        augmentation=aug,
+        clean_view0=clean_view0,
+        seed=seed,
+        device=device,
+        out=out_dir / f"{name}_candidates.npz",
+        progress=True,
+    )
     ref_idx = split.indices("reference")
     ref = None
     if len(ref_idx):
-        ref = embed_dataset(enc, ds, ref_idx, member=np.zeros(len(ref_idx), np.int8), views=views,
-                            augmentation=aug, clean_view0=clean_view0, seed=seed, device=device,
-                            out=out_dir / f"{name}_reference.npz", progress=True)
-    return EncoderAnswers(name, open_embeddings(Path(str(cand))),
-                          open_embeddings(Path(str(ref))) if ref is not None else None)
+        ref = embed_dataset(
+            enc,
+            ds,
+            ref_idx,
+            member=np.zeros(len(ref_idx), np.int8),
+            views=views,
+            augmentation=aug,
+            clean_view0=clean_view0,
+            seed=seed,
+            device=device,
+            out=out_dir / f"{name}_reference.npz",
+            progress=True,
+        )
+    return EncoderAnswers(
+        name,
+        open_embeddings(Path(str(cand))),
+        open_embeddings(Path(str(ref))) if ref is not None else None,
+    )

@@ -143,8 +143,10 @@ def evaluate_utility(
     for the other ks, ``linear_probe_acc_pixels``, ``knn_acc_pixels``, ``chance``, sizes.
     """
     if train_ds.info.image_shape != test_ds.info.image_shape:
-        raise LplaError(f"train and test images differ in shape: {train_ds.info.image_shape} vs "
-                        f"{test_ds.info.image_shape}")
+        raise LplaError(
+            f"train and test images differ in shape: {train_ds.info.image_shape} vs "
+            f"{test_ds.info.image_shape}"
+        )
     if len(train_ds) < 2 or len(test_ds) < 1:
         raise LplaError("utility needs at least 2 train and 1 test images")
     rng = np.random.default_rng(seed)
@@ -156,8 +158,9 @@ def evaluate_utility(
     t0 = time.perf_counter()
     train_f = extract_features(encoder, train_ds, train_idx, batch_size=batch_size, device=device)
     test_f = extract_features(encoder, test_ds, test_idx, batch_size=batch_size, device=device)
-    knn = knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, temperature=knn_temperature,
-                       num_classes=n_cls)
+    knn = knn_accuracy(
+        train_f, train_y, test_f, test_y, ks=ks, temperature=knn_temperature, num_classes=n_cls
+    )
     result: dict[str, Any] = {
         "linear_probe_acc": linear_probe_accuracy(train_f, train_y, test_f, test_y, seed=seed),
         "knn_acc": knn[ks[0]],
@@ -169,16 +172,26 @@ def evaluate_utility(
             train_p, train_y, test_p, test_y, seed=seed
         )
         result["knn_acc_pixels"] = knn_accuracy(
-            train_p, train_y, test_p, test_y, ks=ks[:1], temperature=knn_temperature,
+            train_p,
+            train_y,
+            test_p,
+            test_y,
+            ks=ks[:1],
+            temperature=knn_temperature,
             num_classes=n_cls,
         )[ks[0]]
-    result.update({
-        "chance": 1.0 / n_cls if n_cls else None,
-        "num_train": len(train_idx), "num_test": len(test_idx),
-        "feature_dim": int(train_f.shape[1]), "knn_k": list(ks),
-        "knn_temperature": knn_temperature, "train_dataset": train_ds.info.name,
-        "seconds": round(time.perf_counter() - t0, 2),
-    })
+    result.update(
+        {
+            "chance": 1.0 / n_cls if n_cls else None,
+            "num_train": len(train_idx),
+            "num_test": len(test_idx),
+            "feature_dim": int(train_f.shape[1]),
+            "knn_k": list(ks),
+            "knn_temperature": knn_temperature,
+            "train_dataset": train_ds.info.name,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    )
     return result
 
 

@@ -177,7 +177,7 @@ class AttackInput:
             encoder involved, used to calibrate scales across encoders; ``None`` if unavailable.
         name: a label for messages (e.g. ``"shadow-3"``).
         baseline: the same images' statistics from another encoder that never trained on them
-            (difficulty calibration: how large this image's norm is anyway); ``None`` if unavailable.
+            (difficulty calibration: how large this image's norm is anyway), or ``None``.
         baseline_reference: that other encoder's statistics on the reference population.
     """
 
@@ -224,18 +224,31 @@ class AttackInput:
 
     def first_views(self, k: int) -> AttackInput:
         """Keep the first ``k`` views of the images and of the reference."""
+
         def cut(stats: QueryStats | None) -> QueryStats | None:
             return None if stats is None else stats.first_views(min(k, stats.n_views))
 
-        return AttackInput(self.stats.first_views(k), self.member, self.index, cut(self.reference),
-                           self.name, cut(self.baseline), cut(self.baseline_reference))
+        return AttackInput(
+            self.stats.first_views(k),
+            self.member,
+            self.index,
+            cut(self.reference),
+            self.name,
+            cut(self.baseline),
+            cut(self.baseline_reference),
+        )
 
     def subset(self, rows: np.ndarray) -> AttackInput:
         """Some of the images (the reference is kept whole)."""
         assert self.member is not None and self.index is not None
         return AttackInput(
-            self.stats.subset(rows), self.member[rows], self.index[rows], self.reference, self.name,
-            None if self.baseline is None else self.baseline.subset(rows), self.baseline_reference,
+            self.stats.subset(rows),
+            self.member[rows],
+            self.index[rows],
+            self.reference,
+            self.name,
+            None if self.baseline is None else self.baseline.subset(rows),
+            self.baseline_reference,
         )
 
 

@@ -22,7 +22,15 @@ app = typer.Typer(
 )
 
 _COMMAND_MODULES = (
-    "listing", "train", "utility", "embed", "attack", "audit", "study", "report", "shadows"
+    "listing",
+    "train",
+    "utility",
+    "embed",
+    "attack",
+    "audit",
+    "study",
+    "report",
+    "shadows",
 )
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"lpla.cli.{_name}").register(app)
@@ -38,5 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lpla: error: {one_line(str(exc))}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
-        print("lpla: interrupted; completed outputs are kept, partial ones discarded", file=sys.stderr)
+        print(
+            "lpla: interrupted; completed outputs are kept, partial ones discarded", file=sys.stderr
+        )
         raise SystemExit(130) from None

@@ -28,7 +28,13 @@ def open_dataset(
     """The dataset to embed (a seam the CLI tests replace with an in-memory one)."""
     from lpla.data.registry import create_dataset
 
-    return create_dataset(name, split=split, root=root, download=download, image_size=image_size)
+    return create_dataset(
+        name,
+        split=split,
+        root=None if root is None else str(root),
+        download=download,
+        image_size=image_size,
+    )
 
 
 def role_membership(role: str) -> int:

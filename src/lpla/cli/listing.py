@@ -69,7 +69,7 @@ def list_command(
         help="datasets, backbones, frameworks, augmentations, attacks, defenses, studies or all",
     ),
 ) -> None:
-    """List the registered datasets, backbones, frameworks, augmentations, attacks, defenses, studies."""
+    """List the registered datasets, backbones, frameworks, augmentations, attacks, etc."""
     regs = _registries()
     if what != "all" and what not in regs:
         raise LplaError(f"unknown registry {what!r}; choose one of: all, {', '.join(regs)}")

@@ -19,7 +19,11 @@ def _framework_params(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise LplaError(f"--param takes KEY=VALUE, got {item!r}")
-        params[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        try:
+            params[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise LplaError(f"--param {key.strip()}: cannot read {value!r} ({first})") from None
     return params
 
 
@@ -80,28 +84,59 @@ def train_command(
     from lpla.ssl.train import train_encoder
 
     flags: dict[str, Any] = {
-        "dataset": dataset, "framework": framework, "backbone": backbone, "members": members,
-        "epochs": epochs, "seed": seed, "out": str(out) if out else None,
-        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "optimizer": optimizer,
-        "lr_schedule": lr_schedule, "warmup_epochs": warmup_epochs, "temperature": temperature,
-        "augmentation": augmentation, "aug_strength": aug_strength,
-        "crop_scale_min": crop_scale_min, "jitter": jitter, "num_views": num_views, "role": role,
-        "split": str(split) if split else None, "shadow_index": shadow_index,
-        "num_shadows": num_shadows, "image_size": image_size, "data_root": data_root,
-        "download": download, "device": device, "amp": amp, "amp_dtype": amp_dtype,
-        "threads": threads, "checkpoint_every": checkpoint_every, "devices": devices,
-        "num_nodes": num_nodes, "strategy": strategy, "utility": utility,
-        "utility_train_limit": utility_train_limit, "progress": progress,
+        "dataset": dataset,
+        "framework": framework,
+        "backbone": backbone,
+        "members": members,
+        "epochs": epochs,
+        "seed": seed,
+        "out": str(out) if out else None,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "optimizer": optimizer,
+        "lr_schedule": lr_schedule,
+        "warmup_epochs": warmup_epochs,
+        "temperature": temperature,
+        "augmentation": augmentation,
+        "aug_strength": aug_strength,
+        "crop_scale_min": crop_scale_min,
+        "jitter": jitter,
+        "num_views": num_views,
+        "role": role,
+        "split": str(split) if split else None,
+        "shadow_index": shadow_index,
+        "num_shadows": num_shadows,
+        "image_size": image_size,
+        "data_root": data_root,
+        "download": download,
+        "device": device,
+        "amp": amp,
+        "amp_dtype": amp_dtype,
+        "threads": threads,
+        "checkpoint_every": checkpoint_every,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
+        "utility": utility,
+        "utility_train_limit": utility_train_limit,
+        "progress": progress,
     }
     base: dict[str, Any] = {}
     if config is not None:
         base = load_config_dict(config)
     elif resume and out is not None and (out / META_FILE).is_file():
         base = dict(read_meta(out)["config"])  # resume repeats the saved settings
+    if resume and out is not None and not (out / META_FILE).is_file():
+        raise LplaError(
+            f"nothing to resume in {out} (no {META_FILE}); drop --resume to start a new run"
+        )
     settings = {**base, **{k: v for k, v in flags.items() if v is not None}, "resume": resume}
     if param:
-        settings["framework_params"] = {**base.get("framework_params", {}),
-                                        **_framework_params(param)}
+        settings["framework_params"] = {
+            **base.get("framework_params", {}),
+            **_framework_params(param),
+        }
     if "out" not in settings:
         raise LplaError("give --out DIR (where the checkpoint goes)")
     cfg = TrainConfig.from_dict(settings, source=config or "command line")
@@ -114,8 +149,10 @@ def train_command(
     meta = read_meta(path)
     curve = meta.get("loss_curve") or []
     typer.echo(f"encoder: {path}")
-    typer.echo(f"epochs: {meta['epoch']}/{meta['epochs']}  members: {meta['num_members']}  "
-               f"feature_dim: {meta['feature_dim']}  seconds: {meta['elapsed_s']}")
+    typer.echo(
+        f"epochs: {meta['epoch']}/{meta['epochs']}  members: {meta['num_members']}  "
+        f"feature_dim: {meta['feature_dim']}  seconds: {meta['elapsed_s']}"
+    )
     if curve:
         typer.echo(f"loss: {curve[0]:.4f} (epoch 1) -> {curve[-1]:.4f} (epoch {len(curve)})")
     util = meta.get("utility")

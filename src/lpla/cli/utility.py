@@ -12,8 +12,10 @@ from lpla.errors import LplaError
 
 @user_errors
 def utility_command(
-    encoder: str = typer.Option(..., help="checkpoint directory from lpla train (or any encoder "
-                                "spec lpla.encoders understands)"),
+    encoder: str = typer.Option(
+        ...,
+        help="checkpoint directory from lpla train (or any encoder spec lpla.encoders understands)",
+    ),
     dataset: str | None = typer.Option(None, help="dataset (default: the encoder's own)"),
     data_root: str | None = typer.Option(None, help="dataset directory"),
     image_size: int | None = typer.Option(None, help="resize images to N x N"),
@@ -55,14 +57,28 @@ def utility_command(
         raise LplaError(f"{encoder} does not say which dataset it was trained on; pass --dataset")
     train_ds = create_dataset(dataset, "train", root=data_root, image_size=image_size)
     test_ds = create_dataset(dataset, "test", root=data_root, image_size=image_size)
-    result = evaluate_utility(module, train_ds, test_ds, train_limit=train_limit,
-                              test_limit=test_limit, batch_size=batch_size, device=dev,
-                              seed=seed, pixel_baseline=pixels)
+    result = evaluate_utility(
+        module,
+        train_ds,
+        test_ds,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        batch_size=batch_size,
+        device=dev,
+        seed=seed,
+        pixel_baseline=pixels,
+    )
     result.update({"encoder": str(encoder), "layer": layer, "dataset": dataset})
     target = out or default_out
     write_json_atomic(target, result)
-    for key in ("linear_probe_acc", "knn_acc", "knn_acc_k200", "linear_probe_acc_pixels",
-                "knn_acc_pixels", "chance"):
+    for key in (
+        "linear_probe_acc",
+        "knn_acc",
+        "knn_acc_k200",
+        "linear_probe_acc_pixels",
+        "knn_acc_pixels",
+        "chance",
+    ):
         if result.get(key) is not None:
             typer.echo(f"{key}: {result[key]:.4f}")
     typer.echo(f"written: {target}")

@@ -96,4 +96,3 @@ class ArrayDataset(ImageDataset):
 
     def _load(self, indices: np.ndarray) -> torch.Tensor:
         return self.images[torch.from_numpy(indices)]
-

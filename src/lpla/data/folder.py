@@ -93,9 +93,13 @@ class FolderDataset(ImageDataset):
         self.mode = self._detect_mode(files[0])
         channels = 1 if self.mode == "L" else 3
         self.info = DatasetInfo(
-            "imagefolder", split, len(files), len(classes),
+            "imagefolder",
+            split,
+            len(files),
+            len(classes),
             (channels, self.image_size, self.image_size),
-            source=str(base), extra={"classes": json.dumps(classes), "mode": self.mode},
+            source=str(base),
+            extra={"classes": json.dumps(classes), "mode": self.mode},
         )
 
     @staticmethod

@@ -32,13 +32,22 @@ class CifarLayout:
 
 
 CIFAR10 = CifarLayout(
-    "cifar10", "cifar-10-batches-py",
+    "cifar10",
+    "cifar-10-batches-py",
     {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
-    "labels", 10, "batches.meta", "label_names",
+    "labels",
+    10,
+    "batches.meta",
+    "label_names",
 )
 CIFAR100 = CifarLayout(
-    "cifar100", "cifar-100-python", {"train": ("train",), "test": ("test",)},
-    "fine_labels", 100, "meta", "fine_label_names",
+    "cifar100",
+    "cifar-100-python",
+    {"train": ("train",), "test": ("test",)},
+    "fine_labels",
+    100,
+    "meta",
+    "fine_label_names",
 )
 STL10_FOLDER = "stl10_binary"
 STL10_SHAPE = (3, 96, 96)
@@ -92,8 +101,9 @@ def read_cifar(
         images.append(data.reshape(-1, 3, 32, 32))  # rows are R plane, G plane, B plane
         labels.append(lab.astype(np.int64))
     meta_path = folder / layout.meta_file
-    classes = _names(load_cifar_batch(meta_path).get(layout.names_key)) if meta_path.is_file() \
-        else ()
+    classes = (
+        _names(load_cifar_batch(meta_path).get(layout.names_key)) if meta_path.is_file() else ()
+    )
     return np.concatenate(images), np.concatenate(labels), classes
 
 
@@ -151,8 +161,16 @@ def read_svhn(base: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     path = base / f"{split}_32x32.mat"
     try:
         mat = loadmat(path, variable_names=["X", "y"])
-    except (MatReadError, ValueError, OSError, TypeError, KeyError, IndexError, EOFError,
-            NotImplementedError) as exc:  # scipy raises all of these on foreign or cut files
+    except (
+        MatReadError,
+        ValueError,
+        OSError,
+        TypeError,
+        KeyError,
+        IndexError,
+        EOFError,
+        NotImplementedError,
+    ) as exc:  # scipy raises all of these on foreign or cut files
         raise LplaError(f"{path} is not a readable SVHN .mat file ({exc}); re-download") from None
     if "X" not in mat or "y" not in mat:
         raise LplaError(f"{path} is not an SVHN .mat file (needs variables X and y)")

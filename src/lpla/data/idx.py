@@ -35,8 +35,9 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise LplaError(f"{path} is a truncated or corrupt gzip file ({exc}); re-download it") \
-            from None
+        raise LplaError(
+            f"{path} is a truncated or corrupt gzip file ({exc}); re-download it"
+        ) from None
 
 
 def read_idx(path: str | Path, *, ndim: int | None = None) -> np.ndarray:

@@ -22,8 +22,9 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-2:] == (size, size):
         return images
     shrink = size < images.shape[-1] or size < images.shape[-2]
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
-                        antialias=shrink)
+    out = F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+    )
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -56,8 +56,16 @@ def load_cifar_batch(path: str | Path) -> dict[str, Any]:
         obj = CifarUnpickler(io.BytesIO(p.read_bytes()), encoding="bytes").load()
     except LplaError as exc:
         raise LplaError(f"{p}: {exc.message}; delete it and download the dataset again") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
-            AttributeError, MemoryError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        MemoryError,
+    ) as exc:
         raise LplaError(
             f"{p} is truncated or not a CIFAR batch ({type(exc).__name__}: {exc}); "
             "re-download the dataset"

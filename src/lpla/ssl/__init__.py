@@ -10,13 +10,19 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BACKBONES": "backbones", "create_backbone": "backbones", "list_backbones": "backbones",
-    "AUGMENTATIONS": "augment", "create_augmentation": "augment",
+    "BACKBONES": "backbones",
+    "create_backbone": "backbones",
+    "list_backbones": "backbones",
+    "AUGMENTATIONS": "augment",
+    "create_augmentation": "augment",
     "list_augmentations": "augment",
-    "FRAMEWORKS": "frameworks", "SSLMethod": "frameworks", "create_framework": "frameworks",
+    "FRAMEWORKS": "frameworks",
+    "SSLMethod": "frameworks",
+    "create_framework": "frameworks",
     "list_frameworks": "frameworks",
     "TrainConfig": "config",
-    "train_encoder": "train", "TrainingInterrupted": "train",
+    "train_encoder": "train",
+    "TrainingInterrupted": "train",
     "load_encoder": "checkpoint",
 }
 

@@ -114,8 +114,13 @@ def _dino(size: int) -> list[ViewRecipe]:
 def _weak(size: int) -> list[ViewRecipe]:
     return [
         ViewRecipe(
-            crop_scale=(0.8, 1.0), brightness=0.1, contrast=0.1, saturation=0.0, hue=0.0,
-            jitter_p=1.0, grayscale_p=0.0,
+            crop_scale=(0.8, 1.0),
+            brightness=0.1,
+            contrast=0.1,
+            saturation=0.0,
+            hue=0.0,
+            jitter_p=1.0,
+            grayscale_p=0.0,
         )
     ]
 
@@ -162,9 +167,7 @@ def _scale(
     b, c, s, h = (strength * v for v in (r.brightness, r.contrast, r.saturation, r.hue))
     if jitter is not None:
         b, c, s, h = jitter, jitter, jitter, jitter / 4
-    return replace(
-        r, crop_scale=(lo, 1.0), brightness=b, contrast=c, saturation=s, hue=min(h, 0.5)
-    )
+    return replace(r, crop_scale=(lo, 1.0), brightness=b, contrast=c, saturation=s, hue=min(h, 0.5))
 
 
 def _pipeline(r: ViewRecipe, image_shape: tuple[int, int, int]) -> nn.Module:

@@ -113,7 +113,8 @@ def _resnet(arch: str, feature_dim: int, cifar_stem: bool) -> BackboneFactory:
 for _arch, _dim in (("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)):
     BACKBONES.add(_arch, _resnet(_arch, _dim, True), f"torchvision {_arch}, CIFAR stem -> {_dim}")
     BACKBONES.add(
-        f"{_arch}-imagenet", _resnet(_arch, _dim, False),
+        f"{_arch}-imagenet",
+        _resnet(_arch, _dim, False),
         f"torchvision {_arch}, ImageNet stem -> {_dim}",
     )
 

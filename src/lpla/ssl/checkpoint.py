@@ -90,8 +90,9 @@ def save_train_state(
         "optim_scalars": json.dumps(scalars),
         "scaler": json.dumps(scaler_state),
         "counters": json.dumps(counters),
-        "rng_numpy": json.dumps([np_state[0], int(np_state[2]), int(np_state[3]),
-                                 float(np_state[4])]),
+        "rng_numpy": json.dumps(
+            [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]
+        ),
         "rng_python": json.dumps([py_version, py_gauss]),
     }
     _save_tensors(path, tensors, metadata)
@@ -149,8 +150,11 @@ def load_model_state(path: Path, model: nn.Module) -> None:
     if missing or unexpected or wrong:
         detail = "; ".join(
             f"{label} {len(keys)} (e.g. {keys[0]})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                ("wrong shape", wrong))
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", wrong),
+            )
             if keys
         )
         raise LplaError(
@@ -173,8 +177,10 @@ def load_train_state(
         np_name, np_pos, np_has_gauss, np_gauss = json.loads(metadata["rng_numpy"])
         py_version, py_gauss = json.loads(metadata["rng_python"])
     except (KeyError, ValueError) as exc:
-        raise LplaError(f"{path} lacks lpla training state ({exc}); resume is impossible, "
-                        "start a new run in a fresh --out directory") from None
+        raise LplaError(
+            f"{path} lacks lpla training state ({exc}); resume is impossible, "
+            "start a new run in a fresh --out directory"
+        ) from None
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -189,7 +195,7 @@ def load_train_state(
     buffers = dict(model.named_buffers())
     for key, value in tensors.items():
         if key.startswith("buffer."):
-            buffers[key[len("buffer."):]].copy_(value)
+            buffers[key[len("buffer.") :]].copy_(value)
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():

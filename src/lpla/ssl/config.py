@@ -23,9 +23,22 @@ LR_SCHEDULES = ("cosine", "constant")
 # Fields that change how a run is executed or reported, not which weights it produces: they may
 # differ between an output directory's saved config and a resumed run.
 RUNTIME_FIELDS = frozenset(
-    {"out", "threads", "checkpoint_every", "data_root", "download", "utility",
-     "utility_train_limit", "device", "amp", "devices", "num_nodes", "strategy", "resume",
-     "progress"}
+    {
+        "out",
+        "threads",
+        "checkpoint_every",
+        "data_root",
+        "download",
+        "utility",
+        "utility_train_limit",
+        "device",
+        "amp",
+        "devices",
+        "num_nodes",
+        "strategy",
+        "resume",
+        "progress",
+    }
 )
 
 
@@ -95,13 +108,18 @@ class TrainConfig:
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        need(self.optimizer in OPTIMIZERS,
-             f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        need(self.lr_schedule in LR_SCHEDULES,
-             f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
+        need(
+            self.optimizer in OPTIMIZERS,
+            f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}",
+        )
+        need(
+            self.lr_schedule in LR_SCHEDULES,
+            f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}",
+        )
         need(self.role in ROLES, f"unknown role {self.role!r}; choose target or shadow")
-        need(self.amp_dtype in AMP_DTYPES,
-             f"amp_dtype must be bf16 or fp16, got {self.amp_dtype!r}")
+        need(
+            self.amp_dtype in AMP_DTYPES, f"amp_dtype must be bf16 or fp16, got {self.amp_dtype!r}"
+        )
         need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: only at the end)")
         need(self.devices >= 1 and self.num_nodes >= 1, "devices and num_nodes must be >= 1")
         need(self.strategy == "ddp", f"only strategy 'ddp' is supported, got {self.strategy!r}")
@@ -111,14 +129,30 @@ class TrainConfig:
         need(self.image_size is None or self.image_size >= 4, "image_size must be >= 4")
         need(self.utility_train_limit >= 10, "utility_train_limit must be >= 10")
         need(isinstance(self.framework_params, dict), "framework_params must be a mapping")
+        self._check_names()
         if (self.shadow_index is None) != (self.num_shadows is None):
             raise LplaError("give --shadow-index and --num-shadows together (paired halves)")
         if self.num_shadows is not None and self.shadow_index is not None:
-            need(self.num_shadows >= 2 and self.num_shadows % 2 == 0,
-                 f"num_shadows must be even and >= 2, got {self.num_shadows}")
-            need(0 <= self.shadow_index < self.num_shadows,
-                 f"shadow_index must be in 0..{self.num_shadows - 1}, got {self.shadow_index}")
+            need(
+                self.num_shadows >= 2 and self.num_shadows % 2 == 0,
+                f"num_shadows must be even and >= 2, got {self.num_shadows}",
+            )
+            need(
+                0 <= self.shadow_index < self.num_shadows,
+                f"shadow_index must be in 0..{self.num_shadows - 1}, got {self.shadow_index}",
+            )
             need(self.role == "shadow", "paired-halves shadows need --role shadow")
+
+    def _check_names(self) -> None:
+        """Unknown registry names fail here, before anything is written to ``out``."""
+        from lpla.ssl.augment import AUGMENTATIONS
+        from lpla.ssl.backbones import BACKBONES
+        from lpla.ssl.frameworks import FRAMEWORKS
+
+        BACKBONES.get(self.backbone)
+        FRAMEWORKS.get(self.framework)
+        if self.augmentation is not None:
+            AUGMENTATIONS.get(self.augmentation)
 
     # ---- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -174,8 +174,11 @@ class MoCoV2(SSLMethod):
         dim = _feature_dim(backbone)
         hidden = hidden_dim or dim
         self.params = {
-            "temperature": temperature, "memory_bank_size": memory_bank_size,
-            "momentum": momentum, "hidden_dim": hidden, "output_dim": output_dim,
+            "temperature": temperature,
+            "memory_bank_size": memory_bank_size,
+            "momentum": momentum,
+            "hidden_dim": hidden,
+            "output_dim": output_dim,
         }
         self.momentum = momentum
         self.projection_head = MoCoProjectionHead(dim, hidden, output_dim)
@@ -266,7 +269,9 @@ class SimSiam(SSLMethod):
         _positive(hidden_dim=hidden_dim, output_dim=output_dim, prediction_dim=prediction_dim)
         dim = _feature_dim(backbone)
         self.params = {
-            "hidden_dim": hidden_dim, "output_dim": output_dim, "prediction_dim": prediction_dim
+            "hidden_dim": hidden_dim,
+            "output_dim": output_dim,
+            "prediction_dim": prediction_dim,
         }
         self.projection_head = SimSiamProjectionHead(dim, hidden_dim, output_dim)
         self.prediction_head = SimSiamPredictionHead(output_dim, prediction_dim, output_dim)
@@ -299,7 +304,9 @@ class BarlowTwins(SSLMethod):
         _positive(lambda_param=lambda_param, hidden_dim=hidden_dim, output_dim=output_dim)
         dim = _feature_dim(backbone)
         self.params = {
-            "lambda_param": lambda_param, "hidden_dim": hidden_dim, "output_dim": output_dim
+            "lambda_param": lambda_param,
+            "hidden_dim": hidden_dim,
+            "output_dim": output_dim,
         }
         self.projection_head = BarlowTwinsProjectionHead(dim, hidden_dim, output_dim)
         self.criterion = BarlowTwinsLoss(lambda_param=lambda_param)
@@ -331,8 +338,11 @@ class VICReg(SSLMethod):
         _positive(hidden_dim=hidden_dim, output_dim=output_dim)
         dim = _feature_dim(backbone)
         self.params = {
-            "lambda_param": lambda_param, "mu_param": mu_param, "nu_param": nu_param,
-            "hidden_dim": hidden_dim, "output_dim": output_dim,
+            "lambda_param": lambda_param,
+            "mu_param": mu_param,
+            "nu_param": nu_param,
+            "hidden_dim": hidden_dim,
+            "output_dim": output_dim,
         }
         self.projection_head = VICRegProjectionHead(dim, hidden_dim, output_dim, num_layers=2)
         self.criterion = VICRegLoss(lambda_param, mu_param, nu_param)
@@ -370,8 +380,10 @@ class DINO(SSLMethod):
     ) -> None:
         super().__init__(backbone)
         _positive(
-            student_temperature=student_temperature, teacher_temperature=teacher_temperature,
-            warmup_teacher_temperature=warmup_teacher_temperature, output_dim=output_dim,
+            student_temperature=student_temperature,
+            teacher_temperature=teacher_temperature,
+            warmup_teacher_temperature=warmup_teacher_temperature,
+            output_dim=output_dim,
         )
         if not 0.0 <= momentum <= 1.0:
             raise LplaError(f"dino momentum must be in [0, 1], got {momentum}")
@@ -380,8 +392,11 @@ class DINO(SSLMethod):
             "student_temperature": student_temperature,
             "teacher_temperature": teacher_temperature,
             "warmup_teacher_temperature": warmup_teacher_temperature,
-            "warmup_fraction": warmup_fraction, "momentum": momentum, "hidden_dim": hidden_dim,
-            "bottleneck_dim": bottleneck_dim, "output_dim": output_dim,
+            "warmup_fraction": warmup_fraction,
+            "momentum": momentum,
+            "hidden_dim": hidden_dim,
+            "bottleneck_dim": bottleneck_dim,
+            "output_dim": output_dim,
         }
         self.momentum = momentum
         self.warmup_fraction = warmup_fraction

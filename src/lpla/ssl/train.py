@@ -242,16 +242,25 @@ def train_encoder(
     if dataset is None:
         from lpla.data.registry import create_dataset
 
-        dataset = create_dataset(cfg.dataset, "train", root=cfg.data_root,
-                                 download=cfg.download, image_size=cfg.image_size)
+        dataset = create_dataset(
+            cfg.dataset,
+            "train",
+            root=cfg.data_root,
+            download=cfg.download,
+            image_size=cfg.image_size,
+        )
     image_shape = tuple(int(v) for v in dataset.info.image_shape)
     if image_shape[1] != image_shape[2]:
-        raise LplaError(f"{cfg.dataset} images are {image_shape[1]}x{image_shape[2]}; "
-                        "pass --image-size N to make them square")
+        raise LplaError(
+            f"{cfg.dataset} images are {image_shape[1]}x{image_shape[2]}; "
+            "pass --image-size N to make them square"
+        )
     split = _load_split(cfg, len(dataset))
     if saved_meta is not None and saved_meta.get("split_fingerprint") != split.fingerprint():
-        raise LplaError(f"the split rebuilt for {out} differs from the saved one; the dataset "
-                        "changed since the run started: start a new run in another --out")
+        raise LplaError(
+            f"the split rebuilt for {out} differs from the saved one; the dataset "
+            "changed since the run started: start a new run in another --out"
+        )
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         split.save(out / SPLIT_FILE)
@@ -268,8 +277,13 @@ def train_encoder(
         fparams["temperature"] = cfg.temperature
     model: SSLMethod = create_framework(cfg.framework, backbone, **fparams)
     aug_name = cfg.augmentation or model.augmentation
-    augment = create_augmentation(aug_name, image_shape, cfg.aug_strength,  # type: ignore[arg-type]
-                                  crop_scale_min=cfg.crop_scale_min, jitter=cfg.jitter)
+    augment = create_augmentation(
+        aug_name,
+        image_shape,  # type: ignore[arg-type]
+        cfg.aug_strength,
+        crop_scale_min=cfg.crop_scale_min,
+        jitter=cfg.jitter,
+    )
     num_views = cfg.num_views or model.num_views
     model.to(device)
     on_cuda = device.startswith("cuda")
@@ -278,8 +292,9 @@ def train_encoder(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.sgd_momentum,
-                                    weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(
+            trainable, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay
+        )
     elif cfg.optimizer == "adamw":
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
@@ -288,63 +303,98 @@ def train_encoder(
     if on_cuda and amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         amp_dtype = torch.float16
     use_amp = on_cuda and cfg.amp
-    scaler = torch.amp.GradScaler("cuda" if on_cuda else "cpu",
-                                  enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(
+        "cuda" if on_cuda else "cpu", enabled=use_amp and amp_dtype == torch.float16
+    )
 
     # batches: a global batch per step, each rank takes its strided share
     global_batch = min(cfg.batch_size, num_members)
     global_batch -= global_batch % world_size
     if global_batch // world_size < 2:
-        raise LplaError(f"{num_members} members over {world_size} processes leave fewer than 2 "
-                        "images per process and step; use more members or fewer --devices")
+        raise LplaError(
+            f"{num_members} members over {world_size} processes leave fewer than 2 "
+            "images per process and step; use more members or fewer --devices"
+        )
     steps_per_epoch = num_members // global_batch
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
-    counters: dict[str, Any] = {"step": 0, "epoch_loss_sum": 0.0, "epoch_steps": 0,
-                                "loss_curve": [], "elapsed_s": 0.0}
+    counters: dict[str, Any] = {
+        "step": 0,
+        "epoch_loss_sum": 0.0,
+        "epoch_steps": 0,
+        "loss_curve": [],
+        "elapsed_s": 0.0,
+    }
     if saved_meta is not None:  # resume: weights, optimizer, buffers, RNG, counters
         load_model_state(out / MODEL_FILE, model)
-        counters, scaler_state = load_train_state(out / STATE_FILE, model=model,
-                                                  optimizer=optimizer)
+        counters, scaler_state = load_train_state(
+            out / STATE_FILE, model=model, optimizer=optimizer
+        )
         if scaler_state:
             scaler.load_state_dict(scaler_state)
     train_model: nn.Module = fabric.setup_module(model) if fabric else model
 
     def meta(finished: bool, utility: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
-            "seed": cfg.seed, "train_seed": seed,
-            "epoch": counters["step"] // steps_per_epoch, "epochs": cfg.epochs,
-            "step": counters["step"], "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch, "finished": finished,
-            "loss_curve": counters["loss_curve"], "elapsed_s": round(counters["elapsed_s"], 3),
-            "dataset": cfg.dataset, "role": cfg.role, "num_members": num_members,
-            "shadow_index": cfg.shadow_index, "num_shadows": cfg.num_shadows,
-            "split_file": SPLIT_FILE, "split_fingerprint": split.fingerprint(),
-            "framework": cfg.framework, "framework_params": model.params,
-            "backbone": cfg.backbone, "feature_dim": int(backbone.feature_dim),
-            "image_shape": list(image_shape), "augmentation": aug_name,
-            "augmentation_params": augment.describe(), "num_views": num_views,
-            "batch_size": global_batch, "device": device,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": cfg.to_dict(),
+            "seed": cfg.seed,
+            "train_seed": seed,
+            "epoch": counters["step"] // steps_per_epoch,
+            "epochs": cfg.epochs,
+            "step": counters["step"],
+            "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+            "finished": finished,
+            "loss_curve": counters["loss_curve"],
+            "elapsed_s": round(counters["elapsed_s"], 3),
+            "dataset": cfg.dataset,
+            "role": cfg.role,
+            "num_members": num_members,
+            "shadow_index": cfg.shadow_index,
+            "num_shadows": cfg.num_shadows,
+            "split_file": SPLIT_FILE,
+            "split_fingerprint": split.fingerprint(),
+            "framework": cfg.framework,
+            "framework_params": model.params,
+            "backbone": cfg.backbone,
+            "feature_dim": int(backbone.feature_dim),
+            "image_shape": list(image_shape),
+            "augmentation": aug_name,
+            "augmentation_params": augment.describe(),
+            "num_views": num_views,
+            "batch_size": global_batch,
+            "device": device,
             "amp": str(amp_dtype).removeprefix("torch.") if use_amp else None,
-            "world_size": world_size, "versions": versions(), "utility": utility,
+            "world_size": world_size,
+            "versions": versions(),
+            "utility": utility,
         }
 
     def save_checkpoint(finished: bool) -> None:
         if not is_main:
             return
         save_model(out / MODEL_FILE, model)
-        save_train_state(out / STATE_FILE, model=model, optimizer=optimizer,
-                         scaler_state=scaler.state_dict(), counters=counters)
+        save_train_state(
+            out / STATE_FILE,
+            model=model,
+            optimizer=optimizer,
+            scaler_state=scaler.state_dict(),
+            counters=counters,
+        )
         write_meta(out, meta(finished))  # last: its presence means the tensors are complete
 
-    autocast = (torch.autocast("cuda", dtype=amp_dtype) if use_amp
-                else contextlib.nullcontext())
+    autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
     stop: dict[str, int] = {}
     start = time.perf_counter() - counters["elapsed_s"]
-    bar = _progress_bar(enabled=cfg.progress and is_main, total=total_steps,
-                        done=counters["step"], label=f"{cfg.framework}/{cfg.backbone}")
+    bar = _progress_bar(
+        enabled=cfg.progress and is_main,
+        total=total_steps,
+        done=counters["step"],
+        label=f"{cfg.framework}/{cfg.backbone}",
+    )
     model.train()
     with _stop_on_signals(stop), bar as advance:
         while counters["step"] < total_steps:
@@ -366,8 +416,10 @@ def train_encoder(
                 loss = train_model(views)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                raise LplaError(f"training loss became {loss_value} at step {step} (epoch "
-                                f"{epoch}); lower --lr, or pass --no-amp")
+                raise LplaError(
+                    f"training loss became {loss_value} at step {step} (epoch "
+                    f"{epoch}); lower --lr, or pass --no-amp"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -405,7 +457,8 @@ def train_encoder(
     if fabric is not None:
         digests = fabric.all_gather(_parameter_digest(model).to(device)).reshape(world_size, -1)
         distributed = {
-            "world_size": world_size, "per_rank_batch": global_batch // world_size,
+            "world_size": world_size,
+            "per_rank_batch": global_batch // world_size,
             "weights_identical_across_ranks": bool((digests == digests[0]).all()),
         }
     save_checkpoint(finished=True)
@@ -434,12 +487,23 @@ def _utility(
         from lpla.data.registry import create_dataset
 
         try:
-            test_ds = create_dataset(cfg.dataset, "test", root=cfg.data_root,
-                                     download=cfg.download, image_size=cfg.image_size)
+            test_ds = create_dataset(
+                cfg.dataset,
+                "test",
+                root=cfg.data_root,
+                download=cfg.download,
+                image_size=cfg.image_size,
+            )
         except LplaError as exc:
             return {"skipped": f"no test split: {exc}"}
-    return evaluate_utility(encoder, train_ds, test_ds, train_limit=cfg.utility_train_limit,
-                            device=device, seed=cfg.seed)
+    return evaluate_utility(
+        encoder,
+        train_ds,
+        test_ds,
+        train_limit=cfg.utility_train_limit,
+        device=device,
+        seed=cfg.seed,
+    )
 
 
 @contextlib.contextmanager
@@ -460,9 +524,14 @@ def _progress_bar(
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]:.4f}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True)) as prog:
         task = prog.add_task(label, total=total, completed=done, loss=float("nan"), epoch=0)
 
