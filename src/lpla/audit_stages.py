@@ -141,15 +141,49 @@ def train_stage(
         utility_train_limit=cfg.utility_train_limit,
         progress=True,
     )
-    key = {"train": dataclasses.asdict(tcfg), "split": split.fingerprint()}
+    # Paths are left out of the key so that a moved or copied run directory stays cached.
+    settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in ("out", "split")}
+    key = {"train": settings, "split": split.fingerprint()}
 
     def train() -> None:
+        if _finished_with(enc_dir, settings, split.fingerprint()):
+            stages.log(f"[reused] train_{role}: {enc_dir} holds this run, finished")
+            return
         resume = (enc_dir / "train_state.safetensors").exists()
         train_encoder(dataclasses.replace(tcfg, resume=resume))
 
     stages.run(
         f"train_{role}", key, [enc_dir / "model.safetensors", enc_dir / "checkpoint.json"], train
     )
+
+
+_NOT_SETTINGS = ("out", "split", "resume", "progress", "device", "threads")
+
+
+def _finished_with(enc_dir: Path, settings: dict[str, Any], fingerprint: str) -> bool:
+    """A finished checkpoint trained with these settings on this split (paths aside)."""
+    meta_path = enc_dir / "checkpoint.json"
+    if not meta_path.is_file() or not (enc_dir / "model.safetensors").is_file():
+        return False
+    meta = read_json(meta_path)
+    saved = {k: v for k, v in (meta.get("config") or {}).items() if k not in _NOT_SETTINGS}
+    wanted = {k: v for k, v in settings.items() if k not in _NOT_SETTINGS}
+    return (
+        bool(meta.get("finished"))
+        and meta.get("split_fingerprint") == fingerprint
+        and saved == wanted
+    )
+
+
+def _file_digest(path: Path) -> str:
+    """Content hash of the weights, so a copied run stays cached and retrained weights do not."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _embed(
@@ -170,7 +204,7 @@ def _embed(
 
     key = {
         "encoder": read_json(enc_dir / "checkpoint.json").get("split_fingerprint"),
-        "weights": (enc_dir / "model.safetensors").stat().st_mtime_ns,
+        "weights": _file_digest(enc_dir / "model.safetensors"),
         "dataset": dataset,
         "indices": indices.tolist(),
         "views": cfg.views,

@@ -21,7 +21,7 @@ import numpy as np
 
 from lpla.audit import AuditConfig, EncoderSpec, run_audit
 from lpla.errors import LplaError
-from lpla.io import write_json_atomic, write_text_atomic
+from lpla.io import read_json, write_json_atomic, write_text_atomic
 from lpla.registry import Registry
 
 
@@ -117,8 +117,13 @@ def run_study(
     *,
     log: Callable[[str], None] = print,
     only: Callable[[str], bool] | None = None,
+    tables_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) every cell, then write the table, the trade-off plot and the summary."""
+    """Run (or resume) every cell, then write the table, the trade-off plot and the summary.
+
+    ``tables_only`` runs nothing: it rebuilds the outputs from the cells' saved results.json
+    (cells not finished yet are listed and left out).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -127,6 +132,12 @@ def run_study(
         if only is not None and not only(name):
             continue
         cell_dir = out / "cells" / name
+        if tables_only:
+            if (cell_dir / "results.json").is_file():
+                rows.extend(cell_rows(name, cfg, read_json(cell_dir / "results.json")))
+            else:
+                log(f"[missing] {name}: no results.json yet")
+            continue
         if cfg.knowledge != "same":  # the same target as the `same` cell: train it once
             base_dir = out / "cells" / (name.rsplit("_", 1)[0] + "_same")
             if not (base_dir / "target" / "model.safetensors").is_file():
@@ -224,9 +235,18 @@ def tradeoff_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def knowledge_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean AUC per (attack, knowledge setting) over the grid's encoders."""
+    """Mean AUC per (attack, knowledge setting) over the same target encoders.
+
+    Only targets audited under more than one knowledge setting count, so every column averages
+    the same encoders (a `same` column over more, or other, encoders would not compare).
+    """
+    settings: dict[tuple[Any, ...], set[str]] = {}
+    for r in rows:
+        settings.setdefault((r["framework"], r["backbone"], r["epochs"]), set()).add(r["knowledge"])
     table: dict[str, dict[str, list[float]]] = {}
     for r in rows:
+        if len(settings[(r["framework"], r["backbone"], r["epochs"])]) < 2:
+            continue
         table.setdefault(r["attack"], {}).setdefault(r["knowledge"], []).append(r["auc"])
     return {a: {k: float(np.mean(v)) for k, v in ks.items()} for a, ks in table.items()}
 

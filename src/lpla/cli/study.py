@@ -21,6 +21,9 @@ def study_command(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and exit"),
     device: str | None = typer.Option(None, help="override the preset's device"),
+    tables_only: bool = typer.Option(
+        False, "--tables-only", help="run nothing: rebuild the tables and plots from finished cells"
+    ),
 ) -> None:
     """Run every cell of a study grid (resumable); write the tables and the trade-off plot."""
     import dataclasses
@@ -37,7 +40,7 @@ def study_command(
         typer.echo(f"{len(cells)} cells")
         return
     match = (lambda n: fnmatch.fnmatch(n, only)) if only else None
-    run_study(grid, out, log=typer.echo, only=match)
+    run_study(grid, out, log=typer.echo, only=match, tables_only=tables_only)
     typer.echo(f"wrote {out / 'study.md'}, {out / 'study.csv'}, {out / 'tradeoff.png'}")
 
 
