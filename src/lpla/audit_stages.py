@@ -398,8 +398,19 @@ def _defended(
             return None
         return dataclasses.replace(e, embeddings=defense(np.asarray(e.embeddings, np.float32), rng))
 
-    t = EncoderAnswers(target.name, apply(target.candidates), apply(target.reference))  # type: ignore[arg-type]
-    s = EncoderAnswers(shadow.name, apply(shadow.candidates), apply(shadow.reference))  # type: ignore[arg-type]
+    def defended(a: EncoderAnswers) -> EncoderAnswers:
+        # every answer the encoders serve passes through the defense, baselines included
+        candidates = apply(a.candidates)
+        assert candidates is not None
+        return EncoderAnswers(
+            a.name,
+            candidates,
+            apply(a.reference),
+            apply(a.baseline),
+            apply(a.baseline_reference),
+        )
+
+    t, s = defended(target), defended(shadow)
     run = run_attacks(t, [s], dataclasses.replace(settings, views_grid=()))
     return {
         name: {k: v[k] for k in ("auc", "auc_ci95", "tpr_at_fpr", "advantage")}
