@@ -1,4 +1,4 @@
-"""Many shadows as independent jobs: paired-halves training, merge, and LiRA through `lpla attack`."""
+"""Many shadows as independent jobs: paired-halves training, merge, LiRA via `lpla attack`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 
-def _cli(args: list[str]):  # noqa: ANN202
+def _cli(args: list[str]):
     from typer.testing import CliRunner
 
     from lpla.cli import app
