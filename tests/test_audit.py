@@ -101,6 +101,30 @@ def test_audit_of_given_encoders_and_embeddings(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert (mine / "report.html").is_file()
+    assert "lpla-diff" in json.loads((mine / "results.json").read_text())["attacks"]
+    from typer.testing import CliRunner
+
+    from lpla.cli import app
+
+    att = tmp_path / "att"
+    res = CliRunner().invoke(
+        app,
+        [
+            "attack",
+            "--target",
+            str(base / "target"),
+            "--shadow",
+            str(base / "shadow"),
+            "--views",
+            "3",
+            "--n-bootstrap",
+            "20",
+            "--out",
+            str(att),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "lpla-diff" in json.loads((att / "results.json").read_text())["attacks"]
     emb = tmp_path / "emb"
     res = _audit(
         [

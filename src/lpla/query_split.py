@@ -107,3 +107,54 @@ def query_checkpoint(
         open_embeddings(Path(str(cand))),
         open_embeddings(Path(str(ref))) if ref is not None else None,
     )
+
+
+def add_cross_baselines(
+    target_dir: Path,
+    shadow_dir: Path,
+    target: EncoderAnswers,
+    shadow: EncoderAnswers,
+    out_dir: Path,
+    *,
+    views: int,
+    seed: int,
+    device: str,
+    clean_view0: bool,
+) -> bool:
+    """Difficulty calibration for one target and one shadow: query each on the other's candidates.
+
+    Returns False (and changes nothing) when the two encoders were trained on different datasets
+    or either has no reference set: then `lpla-diff` is simply not applicable.
+    """
+    from lpla.data.registry import create_dataset
+    from lpla.embeddings import open_embeddings
+    from lpla.encoders import load_any_encoder, training_augmentation
+    from lpla.query import embed_dataset
+    from lpla.runtime import resolve_device
+
+    cfgs = [read_json(d / "checkpoint.json").get("config", {}) for d in (target_dir, shadow_dir)]
+    if cfgs[0].get("dataset") != cfgs[1].get("dataset") or None in (
+        target.reference,
+        shadow.reference,
+    ):
+        return False
+    device = resolve_device(device)
+    ds = create_dataset(cfgs[0]["dataset"], split="train", root=cfgs[0].get("data_root"))
+    for own, other_dir, other in ((target, shadow_dir, shadow), (shadow, target_dir, target)):
+        enc = load_any_encoder(str(other_dir), device=device)
+        path = embed_dataset(
+            enc,
+            ds,
+            np.asarray(own.candidates.index),
+            member=np.asarray(own.candidates.member),
+            views=views,
+            augmentation=training_augmentation(enc),
+            clean_view0=clean_view0,
+            seed=seed,
+            device=device,
+            out=out_dir / f"{other.name}_on_{own.name}_candidates.npz",
+            progress=False,
+        )
+        own.baseline = open_embeddings(Path(str(path)))
+        own.baseline_reference = other.reference
+    return True

@@ -68,7 +68,7 @@ def attack_command(
         )
     out.mkdir(parents=True, exist_ok=True)
     if target is not None:
-        from lpla.query_split import query_checkpoint
+        from lpla.query_split import add_cross_baselines, query_checkpoint
 
         if not shadow:
             raise LplaError("--target needs at least one --shadow DIR")
@@ -93,6 +93,19 @@ def attack_command(
             )
             for i, s in enumerate(shadow)
         ]
+        # difficulty calibration (lpla-diff): with one shadow, each encoder is the other's baseline
+        if len(shs) == 1:
+            add_cross_baselines(
+                target,
+                shadow[0],
+                t,
+                shs[0],
+                out / "embeddings",
+                views=views,
+                seed=seed,
+                device=device,
+                clean_view0=bool(clean_view0),
+            )
     else:
         assert target_embeddings is not None
         shadow_free = attacks is not None and set(parse_csv(attacks)) <= {"lpla-ref"}

@@ -162,7 +162,7 @@ def _audit_given(
 
     out.mkdir(parents=True, exist_ok=True)
     if target is not None:
-        from lpla.query_split import query_checkpoint
+        from lpla.query_split import add_cross_baselines, query_checkpoint
 
         if not shadow:
             raise LplaError("--target needs at least one --shadow encoder directory")
@@ -172,6 +172,8 @@ def _audit_given(
             query_checkpoint(s, f"shadow{i}", out / "embeddings", **kw)  # type: ignore[arg-type]
             for i, s in enumerate(shadow)
         ]
+        if len(shs) == 1:  # lpla-diff: each encoder is the other's baseline
+            add_cross_baselines(target, shadow[0], t, shs[0], out / "embeddings", **kw)  # type: ignore[arg-type]
     else:
         assert target_embeddings is not None
         if not shadow_embeddings:
