@@ -187,7 +187,8 @@ def _other_backbone(spec: EncoderSpec, cfg: AuditConfig) -> EncoderSpec:
 
 
 @KNOWLEDGE.register(
-    "other-data", "shadow trained on another dataset, resized to the target's images"
+    "other-data",
+    "shadow trained on another dataset (Fashion-MNIST -> digits, CIFAR-10 <-> CIFAR-100)",
 )
 def _other_data(spec: EncoderSpec, cfg: AuditConfig) -> EncoderSpec:
     return dataclasses.replace(spec, dataset=_OTHER_DATA.get(cfg.dataset, "digits"))

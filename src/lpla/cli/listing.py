@@ -46,6 +46,11 @@ def _registries() -> dict[str, Callable[[], Registry]]:
 
         return DEFENSES
 
+    def knowledge() -> Registry:
+        from lpla.audit import KNOWLEDGE
+
+        return KNOWLEDGE
+
     def studies() -> Registry:
         from lpla.study import PRESETS
 
@@ -58,6 +63,7 @@ def _registries() -> dict[str, Callable[[], Registry]]:
         "augmentations": augmentations,
         "attacks": attacks,
         "defenses": defenses,
+        "knowledge": knowledge,
         "studies": studies,
     }
 
