@@ -113,9 +113,9 @@ def _writers(tmp: Path) -> dict[str, Writer]:
             w.close()
 
     def scores(version: int) -> None:
-        from lpla.audit_stages import _save_scores
+        from lpla.audit_stages import save_scores
 
-        _save_scores(
+        save_scores(
             tmp / "scores.npz",
             np.array([1, 0], np.int8),
             {"lpla": np.array([version, -version], float)},

@@ -273,7 +273,7 @@ def run_audit(
     utility = (
         timed("utility", lambda: utility_stage(cfg, out, stages, device)) if cfg.utility else None
     )
-    results = timed("attacks", lambda: attack_stage(cfg, answers, out))
+    results = timed("attacks", lambda: attack_stage(cfg, answers, split, out))
     results.update(
         {
             "format": RESULTS_FORMAT,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from lpla.audit import AuditConfig, EncoderSpec, Stages
-from lpla.data.splits import MembershipSplit, make_split
+from lpla.data.splits import MembershipSplit, labelled, make_split
 from lpla.errors import LplaError
 from lpla.evaluate import AttackSettings, EncoderAnswers, run_attacks
 from lpla.io import atomic_path, read_json, write_json_atomic
@@ -46,6 +46,19 @@ def _takes_temperature(framework: str) -> bool:
     return "temperature" in inspect.signature(FRAMEWORKS.get(framework)).parameters
 
 
+def target_split(cfg: AuditConfig) -> MembershipSplit:
+    """The audit's split of its dataset (a pure function of the config)."""
+    size, labels = _pool(cfg.dataset, cfg.data_root, cfg.stratify)
+    return make_split(
+        cfg.dataset,
+        size,
+        members=cfg.members,
+        seed=cfg.seed,
+        reference=cfg.reference,
+        stratify=labels,
+    )
+
+
 def make_split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: Stages) -> Splits:
     """One seeded split for target and shadow; a second one when the shadow's data differs."""
     t_path, s_path = out / "split.json", out / "shadow_split.json"
@@ -60,16 +73,7 @@ def make_split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: Stage
     }
 
     def build() -> None:
-        size, labels = _pool(cfg.dataset, cfg.data_root, cfg.stratify)
-        split = make_split(
-            cfg.dataset,
-            size,
-            members=cfg.members,
-            seed=cfg.seed,
-            reference=cfg.reference,
-            stratify=labels,
-        )
-        split.save(t_path)
+        target_split(cfg).save(t_path)
         if other:
             assert sh.dataset is not None
             sh_size, sh_labels = _pool(sh.dataset, None, cfg.stratify)
@@ -255,9 +259,7 @@ def embed_stage(
             "shadow_nonmember",
         ),
     ):
-        members, nonmembers = split.indices(m_role), split.indices(n_role)
-        idx = np.concatenate([members, nonmembers])
-        flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
+        idx, flag = labelled(split.indices(m_role), split.indices(n_role))
         cand = _embed(
             encoder_dir(cfg, out, role),
             ds_name,
@@ -291,14 +293,13 @@ def embed_stage(
             )
         )
     target, shadow = answers
-    _baseline_stage(cfg, sh, splits, out, stages, device, target, shadow)
+    _baseline_stage(cfg, sh, out, stages, device, target, shadow)
     return target, shadow
 
 
 def _baseline_stage(
     cfg: AuditConfig,
     sh: EncoderSpec,
-    splits: Splits,
     out: Path,
     stages: Stages,
     device: str,
@@ -311,38 +312,28 @@ def _baseline_stage(
     a free per-image baseline for the other. Skipped when the two encoders take different
     images (other-data with another image shape) or a reference set is missing.
     """
+    from lpla.embeddings import open_embeddings
+
     if target.reference is None or shadow.reference is None:
         return
     if (sh.dataset or cfg.dataset) != cfg.dataset:
         return
     emb = out / "embeddings"
-    for own, other, split, m_role, n_role in (
-        (target, shadow, splits.target, "target_member", "target_nonmember"),
-        (shadow, target, splits.shadow, "shadow_member", "shadow_nonmember"),
-    ):
-        members, nonmembers = split.indices(m_role), split.indices(n_role)
-        idx = np.concatenate([members, nonmembers])
-        flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
-        path = _embed(
+    for own, other in ((target, shadow), (shadow, target)):
+        path = _embed(  # the same images, in the same order, as own's candidates file
             encoder_dir(cfg, out, other.name),
             cfg.dataset,
             cfg.data_root,
-            idx,
-            flag,
+            np.asarray(own.candidates.index),
+            np.asarray(own.candidates.member),
             cfg,
             emb / f"{other.name}_on_{own.name}_candidates.npz",
             stages,
             device,
             f"{other.name}_on_{own.name}_candidates",
         )
-        own.baseline = open_embeddings_checked(path)
+        own.baseline = open_embeddings(path)
         own.baseline_reference = other.reference
-
-
-def open_embeddings_checked(path: Path) -> Any:
-    from lpla.embeddings import open_embeddings
-
-    return open_embeddings(path)
 
 
 def attack_settings(cfg: AuditConfig) -> AttackSettings:
@@ -357,15 +348,18 @@ def attack_settings(cfg: AuditConfig) -> AttackSettings:
 
 
 def attack_stage(
-    cfg: AuditConfig, answers: tuple[EncoderAnswers, EncoderAnswers], out: Path
+    cfg: AuditConfig,
+    answers: tuple[EncoderAnswers, EncoderAnswers],
+    splits: Splits,
+    out: Path,
 ) -> dict[str, Any]:
     """Run every attack, then the same attacks behind each output-side defense."""
     target, shadow = answers
     settings = attack_settings(cfg)
     run = run_attacks(target, [shadow], settings)
     results = run.results
-    _save_scores(out / "scores.npz", run.target_member, run.scores)
-    _save_norms(out / "norms.npz", run)
+    save_scores(out / "scores.npz", run.target_member, run.scores)
+    save_norms(out / "norms.npz", run)
     if cfg.defenses:
         results["defenses"] = {
             spec: _defended(spec, target, shadow, settings, cfg.seed) for spec in cfg.defenses
@@ -373,14 +367,10 @@ def attack_stage(
     results["split"] = {
         "dataset": cfg.dataset,
         "seed": cfg.seed,
-        "sizes": {k: int(v) for k, v in _sizes(out).items()},
-        "fingerprint": read_json(out / "split.json").get("fingerprint"),
+        "sizes": dict(splits.target.sizes),
+        "fingerprint": splits.target.fingerprint(),
     }
     return results
-
-
-def _sizes(out: Path) -> dict[str, int]:
-    return {role: len(ix) for role, ix in MembershipSplit.load(out / "split.json").roles.items()}
 
 
 def _defended(
@@ -418,13 +408,13 @@ def _defended(
     }
 
 
-def _save_scores(path: Path, member: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+def save_scores(path: Path, member: np.ndarray, scores: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         arrays: dict[str, Any] = {k: np.asarray(v, np.float64) for k, v in scores.items()}
         np.savez(tmp, member=member, **arrays)
 
 
-def _save_norms(path: Path, run: Any) -> None:
+def save_norms(path: Path, run: Any) -> None:
     stats = run.target_stats
     arrays: dict[str, Any] = {
         "p": np.asarray(stats.p, np.float64),

@@ -38,7 +38,7 @@ from typing import IO, Any
 import numpy as np
 
 from lpla.errors import LplaError
-from lpla.io import atomic_path, read_json, write_json_atomic
+from lpla.io import atomic_path, json_default, read_json, write_json_atomic
 
 REQUIRED_KEYS = ("embeddings", "member", "index")
 OPTIONAL_KEYS = ("meta",)
@@ -222,19 +222,7 @@ def count_nonfinite(embeddings: np.ndarray) -> tuple[int, int]:
 
 def meta_to_array(meta: Mapping[str, Any]) -> np.ndarray:
     """Meta dict -> the 0-d unicode array stored under ``meta``."""
-    return np.array(json.dumps(dict(meta), sort_keys=True, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (Path, tuple)):
-        return str(obj) if isinstance(obj, Path) else list(obj)
-    raise TypeError(f"meta value of type {type(obj).__name__} is not JSON serialisable")
+    return np.array(json.dumps(dict(meta), sort_keys=True, default=json_default))
 
 
 def _zip_member(zf: zipfile.ZipFile, key: str) -> IO[bytes]:
@@ -360,7 +348,7 @@ class EmbeddingsWriter:
         h = hashlib.sha256()
         stable_meta = {k: v for k, v in self.meta.items() if k != "created"}
         h.update(json.dumps([self.shape, self.dtype.str], sort_keys=True).encode())
-        h.update(json.dumps(stable_meta, sort_keys=True, default=_json_default).encode())
+        h.update(json.dumps(stable_meta, sort_keys=True, default=json_default).encode())
         h.update(self.member.data)  # a buffer, no copy: memory stays independent of N
         h.update(self.index.data)
         return h.hexdigest()[:32]

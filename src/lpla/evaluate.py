@@ -58,21 +58,36 @@ class AttackRun:
     target_member: np.ndarray
 
 
-def _stats(emb: EmbeddingsFile, settings: AttackSettings) -> QueryStats:
-    return compute_stats(
-        emb.embeddings,
-        p=tuple(settings.p),
-        similarities=tuple(settings.similarities),
-        clean_view0=settings.clean_view0,
-    )
+class _StatsCache:
+    """Statistics per embeddings file, computed once per run.
+
+    One file can serve twice: an encoder's reference set is also the baseline reference of the
+    other encoder (lpla-diff), and streaming statistics over a large file is the costly step.
+    """
+
+    def __init__(self, settings: AttackSettings) -> None:
+        self.settings = settings
+        self._done: dict[int, tuple[EmbeddingsFile, QueryStats]] = {}
+
+    def __call__(self, emb: EmbeddingsFile) -> QueryStats:
+        hit = self._done.get(id(emb))
+        if hit is None:
+            stats = compute_stats(
+                emb.embeddings,
+                p=tuple(self.settings.p),
+                similarities=tuple(self.settings.similarities),
+                clean_view0=self.settings.clean_view0,
+            )
+            hit = self._done[id(emb)] = (emb, stats)  # the file is kept so its id stays unique
+        return hit[1]
 
 
-def _as_input(answers: EncoderAnswers, settings: AttackSettings) -> tuple[AttackInput, list[str]]:
+def _as_input(answers: EncoderAnswers, stats_of: _StatsCache) -> tuple[AttackInput, list[str]]:
     """Statistics for the candidates and the reference; falls back to self-calibration."""
     notes: list[str] = []
-    stats = _stats(answers.candidates, settings)
+    stats = stats_of(answers.candidates)
     if answers.reference is not None:
-        ref = _stats(answers.reference, settings)
+        ref = stats_of(answers.reference)
     else:
         ref = stats
         notes.append(
@@ -89,8 +104,8 @@ def _as_input(answers: EncoderAnswers, settings: AttackSettings) -> tuple[Attack
             raise LplaError(
                 f"{answers.name}: baseline embeddings must list the same images as the candidates"
             )
-        base = _stats(answers.baseline, settings)
-        base_ref = _stats(answers.baseline_reference, settings)
+        base = stats_of(answers.baseline)
+        base_ref = stats_of(answers.baseline_reference)
     inp = AttackInput(
         stats=stats,
         member=member,
@@ -216,10 +231,11 @@ def run_attacks(
     check_compatible(target, shadows)
     check_settings(settings)
     k = int(target.candidates.embeddings.shape[1])
-    t_in, notes = _as_input(target, settings)
+    stats = _StatsCache(settings)
+    t_in, notes = _as_input(target, stats)
     sh_inputs = []
     for sh in shadows:
-        inp, n = _as_input(sh, settings)
+        inp, n = _as_input(sh, stats)
         sh_inputs.append(inp)
         notes += n
     notes += _dims_note(target, shadows)
@@ -297,24 +313,16 @@ def _auc_vs_views(
 
     grid = sorted({v for v in settings.views_grid if 1 <= v <= k})
     out: dict[str, dict[str, float]] = {}
-    for name in names:
-        row: dict[str, float] = {}
-        for v in grid:
-            sub_t = _first_views(target, v)
-            sub_s = [_first_views(s, v) for s in shadows]
-            probe = create_attack(name, **settings.attack_params.get(name, {}))
-            if v < int(getattr(probe, "min_views", 1)):
+    for v in grid:
+        sub_t = target.first_views(v)  # sliced once per budget, shared by every attack
+        sub_s = [s.first_views(v) for s in shadows]
+        for name in names:
+            if v < ATTACKS.get(name).min_views:
                 continue
             try:
-                attack = _fit(name, sub_s, settings)
-                s = attack.score(sub_t)
+                scores = _fit(name, sub_s, settings).score(sub_t)
             except LplaError:
                 continue
-            row[str(v)] = float(roc_auc_score(labels[evaluated], np.asarray(s)[evaluated]))
-        if row:
-            out[name] = row
-    return out
-
-
-def _first_views(inp: AttackInput, v: int) -> AttackInput:
-    return inp.first_views(v)
+            auc = float(roc_auc_score(labels[evaluated], np.asarray(scores)[evaluated]))
+            out.setdefault(name, {})[str(v)] = auc
+    return {name: out[name] for name in names if name in out}

@@ -57,12 +57,11 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(
-        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
-    )
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` fallback for numpy scalars, arrays and paths (every JSON lpla writes)."""
     import numpy as np
 
     if isinstance(obj, np.integer):

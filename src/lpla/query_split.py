@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lpla.data.splits import MembershipSplit
+from lpla.data.splits import MembershipSplit, labelled
 from lpla.errors import LplaError
 from lpla.evaluate import EncoderAnswers
 from lpla.io import read_json
@@ -31,7 +31,7 @@ def query_checkpoint(
     data_root: str | None = None,
 ) -> EncoderAnswers:
     from lpla.data.registry import create_dataset
-    from lpla.embeddings import open_embeddings
+    from lpla.embeddings import EmbeddingsFile, open_embeddings
     from lpla.encoders import load_any_encoder, training_augmentation
     from lpla.query import embed_dataset
     from lpla.runtime import resolve_device
@@ -71,41 +71,28 @@ def query_checkpoint(
         root=data_root or config.get("data_root"),
     )
     aug = augmentation or training_augmentation(enc)
-    idx = np.concatenate([members, nonmembers])
-    flag = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
-    cand = embed_dataset(
-        enc,
-        ds,
-        idx,
-        member=flag,
-        views=views,
-        augmentation=aug,
-        clean_view0=clean_view0,
-        seed=seed,
-        device=device,
-        out=out_dir / f"{name}_candidates.npz",
-        progress=True,
-    )
-    ref_idx = split.indices("reference")
-    ref = None
-    if len(ref_idx):
-        ref = embed_dataset(
+
+    def query(indices: np.ndarray, member: np.ndarray, stem: str) -> EmbeddingsFile:
+        path = embed_dataset(
             enc,
             ds,
-            ref_idx,
-            member=np.zeros(len(ref_idx), np.int8),
+            indices,
+            member=member,
             views=views,
             augmentation=aug,
             clean_view0=clean_view0,
             seed=seed,
             device=device,
-            out=out_dir / f"{name}_reference.npz",
+            out=out_dir / f"{name}_{stem}.npz",
             progress=True,
         )
+        return open_embeddings(Path(str(path)))
+
+    ref_idx = split.indices("reference")
     return EncoderAnswers(
         name,
-        open_embeddings(Path(str(cand))),
-        open_embeddings(Path(str(ref))) if ref is not None else None,
+        query(*labelled(members, nonmembers), "candidates"),
+        query(ref_idx, np.zeros(len(ref_idx), np.int8), "reference") if len(ref_idx) else None,
     )
 
 

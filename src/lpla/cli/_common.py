@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -44,7 +43,3 @@ def parse_csv(value: str, cast: Callable[[str], Any] = str) -> list[Any]:
         except ValueError:
             raise LplaError(f"cannot read {item!r} in {value!r}") from None
     return out
-
-
-def echo_err(msg: str) -> None:
-    print(msg, file=sys.stderr)

@@ -10,10 +10,6 @@ from lpla.cli._common import parse_csv, user_errors
 from lpla.errors import LplaError
 
 
-def _p_value(v: str) -> float:
-    return float("inf") if v.lower() in ("inf", "infinity") else float(v)
-
-
 @user_errors
 def attack_command(
     target_embeddings: Path | None = typer.Option(
@@ -54,7 +50,7 @@ def attack_command(
     ),
 ) -> None:
     """Fit attacks on shadow encoder(s), score the target's candidates, write results.json."""
-    from lpla.audit_stages import _save_scores
+    from lpla.audit_stages import save_scores
     from lpla.cli.tables import print_attack_table
     from lpla.embeddings import open_embeddings
     from lpla.evaluate import AttackSettings, EncoderAnswers, run_attacks
@@ -138,7 +134,7 @@ def attack_command(
         clean_view0 = bool(t.candidates.meta.get("clean_view0", False))
     settings = AttackSettings(
         attacks=parse_csv(attacks) if attacks else None,
-        p=parse_csv(p, _p_value),
+        p=parse_csv(p, float),
         clean_view0=clean_view0,
         views_grid=parse_csv(views_grid, int),
         n_bootstrap=n_bootstrap,
@@ -158,7 +154,7 @@ def attack_command(
         },
         "versions": versions(),
     }
-    _save_scores(out / "scores.npz", run.target_member, run.scores)
+    save_scores(out / "scores.npz", run.target_member, run.scores)
     write_json_atomic(out / "results.json", results)
     print_attack_table(results)
     typer.echo(f"wrote {out / 'results.json'}")

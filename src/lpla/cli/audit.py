@@ -13,10 +13,6 @@ from lpla.cli._common import parse_csv, user_errors
 from lpla.errors import LplaError
 
 
-def _p_value(v: str) -> float:
-    return float("inf") if v.lower() in ("inf", "infinity") else float(v)
-
-
 @user_errors
 def audit_command(
     out: Path = typer.Option(
@@ -95,7 +91,7 @@ def audit_command(
     }
     updates = {k: v for k, v in top.items() if v is not None}
     if p is not None:
-        updates["p"] = tuple(parse_csv(p, _p_value))
+        updates["p"] = tuple(parse_csv(p, float))
     if attacks is not None:
         updates["attacks"] = tuple(parse_csv(attacks))
     if defense:
@@ -124,18 +120,9 @@ def audit_command(
 
 def _check_split_fits(cfg: Any) -> None:
     """Too many members for the dataset: say so before --out gets a config for an impossible run."""
-    from lpla.audit_stages import _pool
-    from lpla.data.splits import make_split
+    from lpla.audit_stages import target_split
 
-    size, labels = _pool(cfg.dataset, cfg.data_root, cfg.stratify)
-    make_split(
-        cfg.dataset,
-        size,
-        members=cfg.members,
-        seed=cfg.seed,
-        reference=cfg.reference,
-        stratify=labels,
-    )
+    target_split(cfg)
 
 
 def _audit_given(
@@ -153,7 +140,7 @@ def _audit_given(
 ) -> None:
     """Audit encoders or embeddings the user brings: query (if needed), attack, report."""
     from lpla.audit import current_command
-    from lpla.audit_stages import _save_norms, _save_scores
+    from lpla.audit_stages import save_norms, save_scores
     from lpla.cli.tables import print_attack_table
     from lpla.embeddings import open_embeddings
     from lpla.evaluate import AttackSettings, EncoderAnswers, run_attacks
@@ -189,7 +176,7 @@ def _audit_given(
         ]
     settings = AttackSettings(
         attacks=parse_csv(attacks) if attacks else None,
-        p=parse_csv(p or "1,2,inf", _p_value),
+        p=parse_csv(p or "1,2,inf", float),
         clean_view0=bool(t.candidates.meta.get("clean_view0", False)),
         seed=seed or 0,
     )
@@ -221,8 +208,8 @@ def _audit_given(
             results["split"] = {
                 k: split.get(k) for k in ("dataset", "seed", "sizes", "fingerprint")
             }
-    _save_scores(out / "scores.npz", run.target_member, run.scores)
-    _save_norms(out / "norms.npz", run)
+    save_scores(out / "scores.npz", run.target_member, run.scores)
+    save_norms(out / "norms.npz", run)
     write_json_atomic(out / "results.json", results)
     from lpla.report.html import build_report
 

@@ -241,6 +241,13 @@ def make_split(
     return MembershipSplit(dataset=dataset, pool_size=int(pool_size), seed=int(seed), roles=roles)
 
 
+def labelled(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Members then non-members as one index array, with the matching int8 member flags (1/0)."""
+    index = np.concatenate([members, nonmembers]).astype(np.int64)
+    flags = np.concatenate([np.ones(len(members), np.int8), np.zeros(len(nonmembers), np.int8)])
+    return index, flags
+
+
 def _stratified_order(labels: np.ndarray, pool_size: int, seed: int) -> np.ndarray:
     """A seeded permutation whose every contiguous slice keeps the class proportions."""
     if labels.shape != (pool_size,):
