@@ -21,10 +21,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lpla audit --out runs/demo
 
-# Everything but GPU tests: ruff, mypy, then pytest (end-to-end CLI runs included).
+# Everything but GPU tests: ruff, mypy, the layering contract, then pytest (end-to-end runs included).
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -m "not gpu" -q
 
 # Fast subset for iteration (skips the slow end-to-end runs).

@@ -113,7 +113,7 @@ def _writers(tmp: Path) -> dict[str, Writer]:
             w.close()
 
     def scores(version: int) -> None:
-        from lpla.audit_stages import save_scores
+        from lpla.pipeline.writing import save_scores
 
         save_scores(
             tmp / "scores.npz",

@@ -288,10 +288,54 @@ def test_verdict_plain_words() -> None:
     assert "±0.07" in v.sentence
     v = verdict({"lpla": _entry(0.40, [0.33, 0.47])})
     assert v.kind == "reversed"
+    assert "below chance: labels swapped or attack direction inverted" in v.sentence
     # a weaker attack whose CI clears 0.5 wins over a stronger-looking one that does not
     v = verdict({"a": _entry(0.62, [0.49, 0.75]), "b": _entry(0.60, [0.56, 0.64])})
     assert (v.kind, v.attack) == ("leaks", "b")
     assert verdict({"a": _entry(0.6, None)}).kind == "no-ci"
+
+
+def test_verdict_below_chance_is_never_no_leakage() -> None:
+    # the strongest attack's interval lies below 0.5
+    v = verdict({"lpla": _entry(0.40, [0.33, 0.47]), "encodermi-t": _entry(0.38, [0.30, 0.45])})
+    assert (v.kind, v.attack) == ("reversed", "lpla")
+    assert v.sentence.startswith(
+        "Reversed, below chance: labels swapped or attack direction inverted: lpla reaches "
+        "AUC 0.400 (95% CI 0.330–0.470)"
+    )
+    assert "100 members and 100 non-members" in v.sentence and "AUC 0.600" in v.sentence
+    # no attack clears 0.5, the strongest straddles it, another lies below: still reversed,
+    # naming the one furthest below chance
+    v = verdict(
+        {
+            "lpla": _entry(0.52, [0.45, 0.59]),
+            "norm-threshold": _entry(0.42, [0.36, 0.48]),
+            "lpla-ref": _entry(0.35, [0.28, 0.42]),
+        }
+    )
+    assert (v.kind, v.attack) == ("reversed", "lpla-ref")
+    for sentence in (v.sentence, verdict({"a": _entry(0.1, [0.05, 0.2])}).sentence):
+        assert "no leakage" not in sentence.lower()
+    # an attack above chance still wins: leakage shown is leakage
+    v = verdict({"lpla": _entry(0.70, [0.64, 0.76]), "lpla-ref": _entry(0.30, [0.24, 0.36])})
+    assert (v.kind, v.attack) == ("leaks", "lpla")
+    # one upper bound exactly at 0.5 is not below it
+    assert verdict({"lpla": _entry(0.44, [0.38, 0.50])}).kind == "none"
+
+
+def test_verdict_lives_in_its_own_module() -> None:
+    from lpla.report import html
+    from lpla.report import verdict as verdict_module
+
+    assert html.verdict is verdict_module.verdict and html.Verdict is verdict_module.Verdict
+    assert {"Verdict", "verdict"} <= set(html.__all__)
+    # the comparison page uses it without going through the single-run page
+    code = (
+        "import sys, lpla.report.merge; "
+        "print('lpla.report.html' in sys.modules, 'lpla.report.verdict' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
 
 
 # --- single-run report --------------------------------------------------------------------------
@@ -387,6 +431,46 @@ def test_roc_falls_back_to_scores_npz(tmp_path: Path) -> None:
     assert 'id="roc-plot"' in html
 
 
+def test_attack_table_shows_tpr_intervals_when_recorded(tmp_path: Path) -> None:
+    d = tmp_path / "with-ci"
+    results = write_run(d, norms=False, scores=False)
+    results["attacks"]["lpla"]["tpr_at_fpr_ci95"] = {"0.001": None, "0.01": [0.02, 0.1]}
+    results["defenses"] = {
+        "noise:0.1": {
+            "lpla": {
+                "auc": 0.6,
+                "auc_ci95": [0.55, 0.65],
+                "tpr_at_fpr": {"0.01": 0.03},
+                "tpr_at_fpr_ci95": {"0.01": [0.01, 0.05]},
+                "advantage": 0.2,
+            }
+        }
+    }
+    (d / "results.json").write_text(json.dumps(results))
+    html = build_report(d).read_text()
+    row = re.search(r'data-attack="lpla">(.*?)</tr>', _table(html, "attack-table"), re.S)
+    assert row is not None
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+    assert cells[4] == '0.055<br><span class="muted tpr-ci">0.020–0.100</span>'
+    assert "n/a" in cells[3] and "tpr-ci" not in cells[3]  # no TPR, no interval
+    # encodermi-t's entry is an old one, without intervals: the value alone
+    other = re.search(r'data-attack="encodermi-t">(.*?)</tr>', html, re.S)
+    assert other is not None and "tpr-ci" not in other.group(1)
+    assert '0.030<br><span class="muted tpr-ci">0.010–0.050</span>' in _table(html, "defense-table")
+
+
+def test_verdict_reversed_in_report(tmp_path: Path) -> None:
+    d = tmp_path / "reversed"
+    results = write_run(d, norms=False, scores=False)
+    for e in results["attacks"].values():
+        e["auc_ci95"] = [0.30, 0.45]
+    (d / "results.json").write_text(json.dumps(results))
+    html = build_report(d).read_text()
+    assert 'class="verdict reversed"' in html
+    assert "below chance: labels swapped or attack direction inverted" in html
+    assert "No leakage" not in html
+
+
 def test_verdict_no_leak_in_report(tmp_path: Path) -> None:
     d = tmp_path / "quiet"
     results = write_run(d, shift=0.0, norms=False, scores=False)
@@ -441,22 +525,25 @@ def test_corrupt_npz_is_a_clear_error(run_dir: Path) -> None:
 def test_merge_two_runs(tmp_path: Path) -> None:
     a, b = tmp_path / "runs" / "simclr", tmp_path / "runs" / "byol"
     write_run(a, probe=0.83, shift=0.8)
-    write_run(b, probe=0.75, shift=0.3, seed=1, framework="byol", knowledge="other-framework")
+    # the same target recipe audited with a shadow of another framework: the knowledge table
+    # compares the two settings on that one target
+    write_run(b, probe=0.75, shift=0.3, seed=1, framework="simclr", knowledge="other-framework")
     out = build_report([a, b], tmp_path / "merged.html")
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert [r["label"] for r in merged["runs"]] == ["simclr", "byol"]
     assert len(merged["rows"]) == 4
     row = next(r for r in merged["rows"] if r["label"] == "byol" and r["attack"] == "lpla")
     assert (row["framework"], row["knowledge"], row["linear_probe_acc"]) == (
-        "byol",
+        "simclr",
         "other-framework",
         0.75,
     )
     assert merged["auc_by_knowledge"]["lpla"].keys() == {"same", "other-framework"}
     # only one `same` run per attack: the rank correlation is undefined
     assert merged["tradeoff"]["lpla"] == {
-        "n_runs": 1,
+        "n_encoders": 1,
         "spearman_auc_vs_probe": None,
+        "p_value": None,
         "spearman_tpr1_vs_probe": None,
     }
     html = out.read_text()

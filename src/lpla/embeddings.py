@@ -76,6 +76,11 @@ class EmbeddingsFile:
         return int(self.embeddings.shape[2])
 
     @property
+    def clean_view0(self) -> bool:
+        """Whether view 0 is the un-augmented image: a property of how the file was made."""
+        return bool(self.meta.get("clean_view0", False))
+
+    @property
     def is_memmap(self) -> bool:
         return isinstance(self.embeddings, np.memmap)
 

@@ -21,7 +21,7 @@ from lpla.io import atomic_path, read_json
 
 def merge_shadows(dirs: list[Path], out: Path) -> dict[str, Any]:
     """Merge finished paired-halves shadow jobs into ``out`` (.npz); returns a summary."""
-    from lpla.ssl.train import PAIRED_HALVES_FILE
+    from lpla.ssl.checkpoint import Checkpoint
 
     if not dirs:
         raise LplaError("give at least one shadow directory")
@@ -29,14 +29,15 @@ def merge_shadows(dirs: list[Path], out: Path) -> dict[str, Any]:
     rows: dict[int, str] = {}
     unfinished = []
     for d in dirs:
-        ckpt = read_json(Path(d) / "checkpoint.json", what="checkpoint metadata")
+        checkpoint = Checkpoint(Path(d))
+        ckpt = read_json(checkpoint.meta_file, what="checkpoint metadata")
         cfg = ckpt.get("config", {})
         if cfg.get("shadow_index") is None:
             raise LplaError(f"{d} is not a paired-halves shadow (trained without --shadow-index)")
         if not ckpt.get("finished", False):
             unfinished.append(str(d))
             continue
-        halves = PairedHalves.load(Path(d) / PAIRED_HALVES_FILE)
+        halves = checkpoint.paired_halves()
         if design is None:
             design = halves
         elif not (

@@ -17,12 +17,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lpla.audit import AuditConfig, EncoderSpec, run_audit
+from lpla.audit import AuditConfig, EncoderSpec, encoder_dir, run_audit
 from lpla.errors import LplaError
 from lpla.io import read_json, write_json_atomic, write_text_atomic
 from lpla.registry import Registry
+from lpla.report.tables import (
+    knowledge_table,
+    spearman,
+    tradeoff_points,
+    tradeoff_summary,
+    views_table,
+)
+
+__all__ = [
+    "PRESETS",
+    "StudyGrid",
+    "cell_rows",
+    "run_study",
+    "spearman",
+    "tradeoff_summary",
+    "write_study_outputs",
+]
 
 
 @dataclass
@@ -140,12 +155,14 @@ def run_study(
             continue
         if cfg.knowledge != "same":  # the same target as the `same` cell: train it once
             base_dir = out / "cells" / (name.rsplit("_", 1)[0] + "_same")
-            if not (base_dir / "target" / "model.safetensors").is_file():
+            if not encoder_dir(cfg, base_dir, "target").has_weights():
                 base_cfg = dataclasses.replace(
                     cfg, knowledge="same", title=cfg.title.rsplit(" / ", 1)[0]
                 )
                 run_audit(base_cfg, base_dir, log=lambda m: log("    " + m))
-            cfg = dataclasses.replace(cfg, target_dir=str(base_dir / "target"))
+            cfg = dataclasses.replace(
+                cfg, target_dir=str(encoder_dir(cfg, base_dir, "target").path)
+            )
         log(f"[{i}/{len(cells)}] {name}")
         results = run_audit(cfg, cell_dir, log=lambda m: log("    " + m))
         rows.extend(cell_rows(name, cfg, results))
@@ -202,67 +219,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
-
-
-def spearman(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
-    """Rank correlation and its p-value; None below 3 points or with constant input."""
-    from scipy.stats import spearmanr
-
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None, None
-    res = spearmanr(x, y)
-    return float(res.statistic), float(res.pvalue)
-
-
-def tradeoff_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per attack, over the `same`-knowledge encoders: rank correlation of leakage with utility."""
-    out: dict[str, Any] = {}
-    same = [r for r in rows if r["knowledge"] == "same" and r["linear_probe_acc"] is not None]
-    for attack in sorted({r["attack"] for r in same}):
-        pts = [r for r in same if r["attack"] == attack]
-        rho, pval = spearman([r["linear_probe_acc"] for r in pts], [r["auc"] for r in pts])
-        rho_t, _ = spearman(
-            [r["linear_probe_acc"] for r in pts],
-            [r["tpr_at_1pct_fpr"] if r["tpr_at_1pct_fpr"] is not None else 0.0 for r in pts],
-        )
-        out[attack] = {
-            "n_encoders": len(pts),
-            "spearman_auc_vs_probe": rho,
-            "p_value": pval,
-            "spearman_tpr1_vs_probe": rho_t,
-        }
-    return out
-
-
-def knowledge_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean AUC per (attack, knowledge setting) over the same target encoders.
-
-    Only targets audited under more than one knowledge setting count, so every column averages
-    the same encoders (a `same` column over more, or other, encoders would not compare).
-    """
-    settings: dict[tuple[Any, ...], set[str]] = {}
-    for r in rows:
-        settings.setdefault((r["framework"], r["backbone"], r["epochs"]), set()).add(r["knowledge"])
-    table: dict[str, dict[str, list[float]]] = {}
-    for r in rows:
-        if len(settings[(r["framework"], r["backbone"], r["epochs"])]) < 2:
-            continue
-        table.setdefault(r["attack"], {}).setdefault(r["knowledge"], []).append(r["auc"])
-    return {a: {k: float(np.mean(v)) for k, v in ks.items()} for a, ks in table.items()}
-
-
-def views_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean AUC per (attack, K) over the `same`-knowledge encoders."""
-    acc: dict[str, dict[str, list[float]]] = {}
-    for r in rows:
-        if r["knowledge"] != "same":
-            continue
-        for k, v in r["auc_vs_views"].items():
-            acc.setdefault(r["attack"], {}).setdefault(k, []).append(v)
-    return {
-        a: {k: float(np.mean(v)) for k, v in sorted(ks.items(), key=lambda kv: int(kv[0]))}
-        for a, ks in acc.items()
-    }
 
 
 def write_study_outputs(rows: list[dict[str, Any]], out: Path, description: str = "") -> None:
@@ -334,7 +290,7 @@ def _plot(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> Non
     from lpla.io import write_bytes_atomic
     from lpla.report import plots
 
-    same = [r for r in rows if r["knowledge"] == "same" and r["linear_probe_acc"] is not None]
+    same, _ = tradeoff_points(rows)
     if same:
         png = plots.plot_tradeoff(same)
         write_bytes_atomic(out / "tradeoff.png", png)

@@ -149,6 +149,12 @@ def evaluate_utility(
         )
     if len(train_ds) < 2 or len(test_ds) < 1:
         raise LplaError("utility needs at least 2 train and 1 test images")
+    for ds in (train_ds, test_ds):  # label -1 (none) would index past the kNN votes
+        if len(ds.labels) and int(np.min(ds.labels)) < 0:
+            raise LplaError(
+                f"{ds.info.name}/{ds.info.split} has images without a class label (-1); "
+                "the linear probe and kNN need labelled images"
+            )
     rng = np.random.default_rng(seed)
     train_idx = _subset(len(train_ds), train_limit, rng)
     test_idx = _subset(len(test_ds), test_limit, rng)
@@ -199,3 +205,35 @@ def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
     if limit is None or limit >= n:
         return np.arange(n, dtype=np.int64)
     return np.sort(rng.choice(n, size=limit, replace=False)).astype(np.int64)
+
+
+def dataset_utility(
+    encoder: nn.Module,
+    dataset: str,
+    *,
+    data_root: str | None = None,
+    image_size: int | None = None,
+    download: bool = False,
+    train_ds: ImageDataset | None = None,
+    test_ds: ImageDataset | None = None,
+    train_limit: int | None = 10000,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Utility of ``encoder`` on a registered dataset's train/test splits, or why it was skipped.
+
+    The one place where training, ``lpla audit`` and ``lpla utility`` measure utility (a dataset
+    without a test split is a reason recorded in the result, not an error).
+    """
+    from lpla.data.registry import create_dataset
+
+    try:
+        train = train_ds or create_dataset(
+            dataset, "train", root=data_root, download=download, image_size=image_size
+        )
+        test = test_ds or create_dataset(
+            dataset, "test", root=data_root, download=download, image_size=image_size
+        )
+    except LplaError as exc:
+        return {"skipped": f"no test split: {exc}"}
+    return evaluate_utility(encoder, train, test, train_limit=train_limit, device=device, seed=seed)

@@ -21,7 +21,9 @@ from lpla.errors import LplaError
 from lpla.registry import Registry
 
 __all__ = [
+    "ANSWER_ROLES",
     "SIMILARITIES",
+    "AnswerRole",
     "AttackInput",
     "PSpec",
     "QueryStats",
@@ -165,7 +167,31 @@ class QueryStats:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
+class AnswerRole:
+    """One kind of answer an attack can receive beside the candidates' own statistics.
+
+    ``aligned`` answers have one row per candidate, in the candidates' order (the same images on
+    another encoder, crops of them...), so slicing the candidates slices them too; the others
+    are a population (reference images) and are kept whole.
+    """
+
+    name: str
+    aligned: bool
+    help: str
+
+
+#: Every kind of answer, in one place: a new kind of query (crops, reference encoders) is one entry
+#: here; :class:`AttackInput`, the query pipeline and the defenses treat all of them alike.
+ANSWER_ROLES: Registry[AnswerRole] = Registry("answer role")
+for _role in (
+    AnswerRole("reference", False, "the same encoder on population images no encoder trained on"),
+    AnswerRole("baseline", True, "the candidates on another encoder that never trained on them"),
+    AnswerRole("baseline_reference", False, "that other encoder on the reference population"),
+):
+    ANSWER_ROLES.add(_role.name, _role, _role.help)
+
+
 class AttackInput:
     """What an attack is fitted on or scores: one encoder's statistics on some images.
 
@@ -173,28 +199,43 @@ class AttackInput:
         stats: statistics of the candidate images.
         member: int8 ``[N]``: 1 member, 0 non-member, -1 unknown (ignored when fitting).
         index: int64 ``[N]`` dataset index of each image (matches candidates across shadows).
-        reference: the same encoder's statistics on population images that are members of no
-            encoder involved, used to calibrate scales across encoders; ``None`` if unavailable.
         name: a label for messages (e.g. ``"shadow-3"``).
-        baseline: the same images' statistics from another encoder that never trained on them
-            (difficulty calibration: how large this image's norm is anyway), or ``None``.
-        baseline_reference: that other encoder's statistics on the reference population.
+        answers: the other answers, by :data:`ANSWER_ROLES` name. ``reference`` (the same
+            encoder on population images that are members of no encoder involved, to calibrate
+            scales across encoders), ``baseline`` (the same images on another encoder that never
+            trained on them: difficulty calibration) and ``baseline_reference`` are also
+            attributes, ``None`` when absent.
     """
 
-    stats: QueryStats
-    member: np.ndarray | None = None
-    index: np.ndarray | None = None
-    reference: QueryStats | None = None
-    name: str = ""
-    baseline: QueryStats | None = None
-    baseline_reference: QueryStats | None = None
-
-    def __post_init__(self) -> None:
-        n = self.stats.n_images
-        label = f"{self.name}: " if self.name else ""
-        if self.member is None:
-            self.member = np.full(n, -1, dtype=np.int8)
-        member = np.asarray(self.member)
+    def __init__(
+        self,
+        stats: QueryStats,
+        member: np.ndarray | None = None,
+        index: np.ndarray | None = None,
+        reference: QueryStats | None = None,
+        name: str = "",
+        baseline: QueryStats | None = None,
+        baseline_reference: QueryStats | None = None,
+        *,
+        answers: dict[str, QueryStats] | None = None,
+    ) -> None:
+        self.stats = stats
+        self.name = name
+        self.answers: dict[str, QueryStats] = {}
+        given = dict(answers or {})
+        for role, value in (
+            ("reference", reference),
+            ("baseline", baseline),
+            ("baseline_reference", baseline_reference),
+        ):
+            if value is not None:
+                given[role] = value
+        for role, value in given.items():
+            ANSWER_ROLES.get(role)
+            self.answers[role] = value
+        n = stats.n_images
+        label = f"{name}: " if name else ""
+        member = np.full(n, -1, dtype=np.int8) if member is None else np.asarray(member)
         if member.shape != (n,):
             raise LplaError(
                 f"{label}member must have one entry per image ({n}); got {member.shape}"
@@ -203,53 +244,61 @@ class AttackInput:
             raise LplaError(
                 f"{label}member values must be 1 (member), 0 (non-member) or -1 (unknown)"
             )
-        self.member = member.astype(np.int8)
-        if self.index is None:
-            self.index = np.arange(n, dtype=np.int64)
-        index = np.asarray(self.index)
+        self.member: np.ndarray = member.astype(np.int8)
+        index = np.arange(n, dtype=np.int64) if index is None else np.asarray(index)
         if index.shape != (n,):
             raise LplaError(f"{label}index must have one entry per image ({n}); got {index.shape}")
-        self.index = index.astype(np.int64)
-        if self.reference is not None and self.reference.p != self.stats.p:
+        self.index: np.ndarray = index.astype(np.int64)
+        for role, other in self.answers.items():
+            if ANSWER_ROLES.get(role).aligned and other.n_images != n:
+                raise LplaError(
+                    f"{label}{role} statistics must have one row per candidate ({n}); "
+                    f"got {other.n_images}"
+                )
+        if self.reference is not None and self.reference.p != stats.p:
             raise LplaError(
                 f"{label}reference statistics have p = {self.reference.p} but the "
-                f"images have p = {self.stats.p}; compute both with the same p"
+                f"images have p = {stats.p}; compute both with the same p"
             )
+
+    @property
+    def reference(self) -> QueryStats | None:
+        return self.answers.get("reference")
+
+    @property
+    def baseline(self) -> QueryStats | None:
+        return self.answers.get("baseline")
+
+    @property
+    def baseline_reference(self) -> QueryStats | None:
+        return self.answers.get("baseline_reference")
 
     @property
     def labelled(self) -> np.ndarray:
         """Boolean mask of rows whose membership is known."""
-        assert self.member is not None
         return self.member >= 0
 
+    def _with(
+        self, stats: QueryStats, rows: np.ndarray | None, answers: dict[str, QueryStats]
+    ) -> AttackInput:
+        member = self.member if rows is None else self.member[rows]
+        index = self.index if rows is None else self.index[rows]
+        return AttackInput(stats, member, index, name=self.name, answers=answers)
+
     def first_views(self, k: int) -> AttackInput:
-        """Keep the first ``k`` views of the images and of the reference."""
-
-        def cut(stats: QueryStats | None) -> QueryStats | None:
-            return None if stats is None else stats.first_views(min(k, stats.n_views))
-
-        return AttackInput(
-            self.stats.first_views(k),
-            self.member,
-            self.index,
-            cut(self.reference),
-            self.name,
-            cut(self.baseline),
-            cut(self.baseline_reference),
-        )
+        """Keep the first ``k`` views of the images and of every other answer."""
+        answers = {
+            role: stats.first_views(min(k, stats.n_views)) for role, stats in self.answers.items()
+        }
+        return self._with(self.stats.first_views(k), None, answers)
 
     def subset(self, rows: np.ndarray) -> AttackInput:
-        """Some of the images (the reference is kept whole)."""
-        assert self.member is not None and self.index is not None
-        return AttackInput(
-            self.stats.subset(rows),
-            self.member[rows],
-            self.index[rows],
-            self.reference,
-            self.name,
-            None if self.baseline is None else self.baseline.subset(rows),
-            self.baseline_reference,
-        )
+        """Some of the images (aligned answers follow them, populations are kept whole)."""
+        answers = {
+            role: stats.subset(rows) if ANSWER_ROLES.get(role).aligned else stats
+            for role, stats in self.answers.items()
+        }
+        return self._with(self.stats.subset(rows), rows, answers)
 
 
 # --- similarities: [n, K, D] float chunk -> [n, K(K-1)/2] -------------------------------------

@@ -6,11 +6,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 
 from lpla.cli._common import parse_csv, user_errors
-from lpla.errors import LplaError
 
 
 @user_errors
@@ -59,25 +57,28 @@ def audit_command(
     reference_embeddings: Path | None = typer.Option(
         None, help="with --target-embeddings: target's reference embeddings"
     ),
+    shadow_reference_embeddings: list[Path] = typer.Option(
+        [], help="with --shadow-embeddings: each shadow's reference embeddings, in order"
+    ),
+    n_bootstrap: int | None = typer.Option(None, help="bootstrap resamples for the CIs [1000]"),
 ) -> None:
     """Train target and shadow (or take yours), query them, run every attack, write the report."""
-    from lpla.audit import AuditConfig, config_from_dict, current_command, load_config, run_audit
+    from lpla.audit import AuditConfig, config_from_dict, load_config, run_audit
     from lpla.cli.tables import print_attack_table
+    from lpla.pipeline import current_command
 
     if target is not None or target_embeddings is not None:
-        _audit_given(
-            out,
-            target,
-            shadow,
-            target_embeddings,
-            shadow_embeddings,
-            reference_embeddings,
-            p,
-            attacks,
-            views,
-            seed,
-            device,
+        from lpla.pipeline import GivenInputs
+
+        inputs = GivenInputs(
+            target=target,
+            shadows=list(shadow),
+            target_embeddings=target_embeddings,
+            shadow_embeddings=list(shadow_embeddings),
+            reference_embeddings=reference_embeddings,
+            shadow_reference_embeddings=list(shadow_reference_embeddings),
         )
+        _audit_given(inputs, p, attacks, views, seed, device, n_bootstrap, utility, out)
         return
     cfg = load_config(config) if config is not None else AuditConfig()
     top: dict[str, Any] = {
@@ -96,6 +97,8 @@ def audit_command(
         updates["attacks"] = tuple(parse_csv(attacks))
     if defense:
         updates["defenses"] = tuple(defense)
+    if n_bootstrap is not None:
+        updates["n_bootstrap"] = n_bootstrap
     if not utility:
         updates["utility"] = False
     t_updates: dict[str, Any] = {
@@ -120,100 +123,50 @@ def audit_command(
 
 def _check_split_fits(cfg: Any) -> None:
     """Too many members for the dataset: say so before --out gets a config for an impossible run."""
-    from lpla.audit_stages import target_split
+    from lpla.audit import target_split
 
     target_split(cfg)
 
 
 def _audit_given(
-    out: Path,
-    target: Path | None,
-    shadow: list[Path],
-    target_embeddings: Path | None,
-    shadow_embeddings: list[Path],
-    reference_embeddings: Path | None,
+    inputs: Any,
     p: str | None,
     attacks: str | None,
     views: int | None,
     seed: int | None,
     device: str | None,
+    n_bootstrap: int | None,
+    utility: bool,
+    out: Path,
 ) -> None:
     """Audit encoders or embeddings the user brings: query (if needed), attack, report."""
-    from lpla.audit import current_command
-    from lpla.audit_stages import save_norms, save_scores
     from lpla.cli.tables import print_attack_table
-    from lpla.embeddings import open_embeddings
-    from lpla.evaluate import AttackSettings, EncoderAnswers, run_attacks
-    from lpla.io import read_json, write_json_atomic
-    from lpla.runtime import versions
-
-    out.mkdir(parents=True, exist_ok=True)
-    if target is not None:
-        from lpla.query_split import add_cross_baselines, query_checkpoint
-
-        if not shadow:
-            raise LplaError("--target needs at least one --shadow encoder directory")
-        kw = dict(views=views or 10, seed=seed or 0, device=device or "auto", clean_view0=True)
-        t = query_checkpoint(target, "target", out / "embeddings", **kw)  # type: ignore[arg-type]
-        shs = [
-            query_checkpoint(s, f"shadow{i}", out / "embeddings", **kw)  # type: ignore[arg-type]
-            for i, s in enumerate(shadow)
-        ]
-        if len(shs) == 1:  # lpla-diff: each encoder is the other's baseline
-            add_cross_baselines(target, shadow[0], t, shs[0], out / "embeddings", **kw)  # type: ignore[arg-type]
-    else:
-        assert target_embeddings is not None
-        if not shadow_embeddings:
-            raise LplaError("--target-embeddings needs --shadow-embeddings")
-        t = EncoderAnswers(
-            "target",
-            open_embeddings(target_embeddings),
-            open_embeddings(reference_embeddings) if reference_embeddings else None,
-        )
-        shs = [
-            EncoderAnswers(f"shadow{i}", open_embeddings(s))
-            for i, s in enumerate(shadow_embeddings)
-        ]
-    settings = AttackSettings(
-        attacks=parse_csv(attacks) if attacks else None,
-        p=parse_csv(p or "1,2,inf", float),
-        clean_view0=bool(t.candidates.meta.get("clean_view0", False)),
-        seed=seed or 0,
+    from lpla.pipeline import (
+        AttackSettings,
+        QuerySettings,
+        current_command,
+        run_given,
+        settings_from,
     )
-    run = run_attacks(t, shs, settings)
-    results = run.results | {
-        "title": "lpla audit",
-        "command": current_command(),
-        "versions": versions(),
-        "config": {
-            "target": str(target or target_embeddings),
-            "shadows": [str(s) for s in (shadow or shadow_embeddings)],
-        },
-    }
-    member = np.asarray(t.candidates.member)
-    results["split"] = {
-        "dataset": t.candidates.meta.get("dataset"),
-        "seed": t.candidates.meta.get("seed"),
-        "sizes": {
-            "target_member": int((member == 1).sum()),
-            "target_nonmember": int((member == 0).sum()),
-        },
-    }
-    if target is not None:
-        ckpt = read_json(target / "checkpoint.json")
-        if ckpt.get("utility"):
-            results["utility"] = ckpt["utility"]
-        if (target / "split.json").is_file():
-            split = read_json(target / "split.json")
-            results["split"] = {
-                k: split.get(k) for k in ("dataset", "seed", "sizes", "fingerprint")
-            }
-    save_scores(out / "scores.npz", run.target_member, run.scores)
-    save_norms(out / "norms.npz", run)
-    write_json_atomic(out / "results.json", results)
-    from lpla.report.html import build_report
 
-    build_report(out)
+    query = settings_from(QuerySettings, views=views, seed=seed, device=device)
+    attack = settings_from(
+        AttackSettings,
+        attacks=parse_csv(attacks) if attacks else None,
+        p=parse_csv(p, float) if p else None,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    results = run_given(
+        inputs,
+        query,
+        attack,
+        out,
+        title="lpla audit",
+        command=current_command(),
+        report=True,
+        utility=utility,
+    )
     print_attack_table(results)
     typer.echo(f"report: {out / 'report.html'}")
 

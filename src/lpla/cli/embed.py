@@ -206,7 +206,9 @@ def _load_split(split_file: Path | None, encoder: str) -> Any:
     from lpla.data.splits import MembershipSplit
 
     if split_file is None:
-        own = Path(encoder) / "split.json"
+        from lpla.ssl.checkpoint import Checkpoint
+
+        own = Checkpoint(Path(encoder)).split_file
         if not own.is_file():
             raise LplaError("--role needs --split-file split.json (the encoder has no split.json)")
         split_file = own

@@ -8,13 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lpla.io import write_json_atomic
 from lpla.report import plots
-from lpla.report.html import verdict
 from lpla.report.render import fmt_ci, fmt_num, render_to
 from lpla.report.rundir import RunData
+from lpla.report.tables import knowledge_table, tradeoff_points, tradeoff_summary
+from lpla.report.verdict import verdict
 
 __all__ = [
     "build_merged_report",
@@ -76,47 +75,10 @@ def merged_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     return rows
 
 
-def _tradeoff_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """Compare like with like: the `same`-knowledge runs when there are any."""
-    with_util = [r for r in rows if r["linear_probe_acc"] is not None]
-    same = [r for r in with_util if r["knowledge"] == "same"]
-    if same and len(same) < len(with_util):
-        return same, "runs whose shadow matches the target (knowledge = same)"
-    return with_util, "every run with a linear-probe accuracy"
-
-
-def tradeoff_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per attack: Spearman rho of AUC (and TPR@1%FPR) with linear-probe accuracy."""
-    points, _ = _tradeoff_points(rows)
-    out: dict[str, dict[str, Any]] = {}
-    for attack in dict.fromkeys(r["attack"] for r in points):
-        pts = [r for r in points if r["attack"] == attack]
-        x = [float(r["linear_probe_acc"]) for r in pts]
-        tpts = [r for r in pts if r["tpr_at_1pct_fpr"] is not None]
-        out[attack] = {
-            "n_runs": len(pts),
-            "spearman_auc_vs_probe": plots.spearman_rho(x, [r["auc"] for r in pts]),
-            "spearman_tpr1_vs_probe": plots.spearman_rho(
-                [float(r["linear_probe_acc"]) for r in tpts],
-                [float(r["tpr_at_1pct_fpr"]) for r in tpts],
-            ),
-        }
-    return out
-
-
-def knowledge_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean AUC per attack and knowledge setting."""
-    acc: dict[str, dict[str, list[float]]] = {}
-    for r in rows:
-        if r["knowledge"] is not None:
-            acc.setdefault(r["attack"], {}).setdefault(str(r["knowledge"]), []).append(r["auc"])
-    return {a: {k: float(np.mean(v)) for k, v in ks.items()} for a, ks in acc.items()}
-
-
 def build_merged_report(runs: Sequence[RunData], out: Path) -> Path:
     """Write the comparison page to ``out`` and its numbers to ``out`` with ``.json``."""
     rows = merged_rows(runs)
-    points, points_note = _tradeoff_points(rows)
+    points, points_note = tradeoff_points(rows)
     tradeoff = tradeoff_summary(rows)
     by_knowledge = knowledge_table(rows)
     settings = {k for v in by_knowledge.values() for k in v}
@@ -167,7 +129,7 @@ def build_merged_report(runs: Sequence[RunData], out: Path) -> Path:
         tradeoff=[
             {
                 "attack": a,
-                "n": s["n_runs"],
+                "n": s["n_encoders"],
                 "rho_auc": fmt_num(s["spearman_auc_vs_probe"], 2),
                 "rho_tpr": fmt_num(s["spearman_tpr1_vs_probe"], 2),
             }

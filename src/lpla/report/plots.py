@@ -353,15 +353,10 @@ def plot_auc_vs_views(
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman rank correlation (scipy); None below 3 points or when either side is constant."""
-    from scipy.stats import spearmanr
+    """Spearman rank correlation; None below 3 points or when either side is constant."""
+    from lpla.report.tables import spearman
 
-    if len(x) != len(y):
-        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    rho = float(spearmanr(x, y).statistic)
-    return None if math.isnan(rho) else rho
+    return spearman(x, y)[0]
 
 
 def _rho_text(rho: float | None) -> str:

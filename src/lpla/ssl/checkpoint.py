@@ -9,6 +9,10 @@ Layout of ``DIR``::
     checkpoint.json          full config, seeds, epoch/step, loss curve, versions, split
                              fingerprint, backbone feature_dim, image shape, augmentation, utility
     split.json               the MembershipSplit the members came from
+    paired_halves.npz        (paired-halves shadows only) the (shadows x population) design
+    utility.json             (optional) utility measured after training by ``lpla utility``
+
+:class:`Checkpoint` owns these names and this layout: no other module spells them.
 
 Every file is written through a temporary file and renamed, and ``checkpoint.json`` is written
 last, so a reader that finds it also finds the tensors it describes.
@@ -16,8 +20,10 @@ last, so a reader that finds it also finds the tensors it describes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,10 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 META_FILE = "checkpoint.json"
 SPLIT_FILE = "split.json"
+PAIRED_HALVES_FILE = "paired_halves.npz"
+UTILITY_FILE = "utility.json"
+# config keys that say how a run was executed, not which weights it produced
+_RUNTIME_KEYS = ("out", "split", "resume", "progress", "device", "threads")
 
 
 # ---- writing -------------------------------------------------------------------------------
@@ -265,3 +275,102 @@ def load_encoder(
     encoder: nn.Module = model.backbone if layer == "backbone" else ProjectionEncoder(model)  # type: ignore[assignment]
     encoder.eval().to(device)
     return encoder, meta
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint directory: its file names, its metadata and its split, in one place.
+
+    ``Checkpoint(path)`` never touches the disk; :meth:`open` checks that a finished-or-running
+    lpla checkpoint is there (and says how to make one when it is not).
+    """
+
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Checkpoint:
+        """The checkpoint at ``path`` (the directory or a file inside it), or a clear error."""
+        return cls(checkpoint_dir(path))
+
+    @staticmethod
+    def is_checkpoint(path: str | Path) -> bool:
+        return (Path(path) / META_FILE).is_file()
+
+    # --- the files ---------------------------------------------------------------------------
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_FILE
+
+    @property
+    def meta_file(self) -> Path:
+        return self.path / META_FILE
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / SPLIT_FILE
+
+    @property
+    def paired_halves_file(self) -> Path:
+        return self.path / PAIRED_HALVES_FILE
+
+    @property
+    def utility_file(self) -> Path:
+        return self.path / UTILITY_FILE
+
+    # --- what they hold ----------------------------------------------------------------------
+    def has_weights(self) -> bool:
+        return self.meta_file.is_file() and self.model_file.is_file()
+
+    def meta(self) -> dict[str, Any]:
+        """``checkpoint.json``, validated as an lpla checkpoint description."""
+        return read_meta(self.path)
+
+    def config(self) -> dict[str, Any]:
+        """The training config saved with the weights (``{}`` for a damaged description)."""
+        return dict(self.meta().get("config") or {})
+
+    def split(self) -> Any:
+        """The :class:`~lpla.data.splits.MembershipSplit` the members came from, or None."""
+        from lpla.data.splits import MembershipSplit
+
+        return MembershipSplit.load(self.split_file) if self.split_file.is_file() else None
+
+    def paired_halves(self) -> Any:
+        """The paired-halves design of a ``--shadow-index`` shadow."""
+        from lpla.data.splits import PairedHalves
+
+        return PairedHalves.load(self.paired_halves_file)
+
+    def utility(self) -> dict[str, Any] | None:
+        """Utility measured at the end of training (or later, by ``lpla utility``)."""
+        stored = self.meta().get("utility")
+        if stored:
+            return dict(stored)
+        if self.utility_file.is_file():
+            return dict(read_json(self.utility_file))
+        return None
+
+    def weights_digest(self) -> str:
+        """Content hash of the weights: a copied run stays cached, retrained weights do not."""
+        h = hashlib.sha256()
+        with open(self.model_file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def finished_with(self, settings: dict[str, Any], fingerprint: str) -> bool:
+        """A finished run trained with these settings on the split with this fingerprint."""
+        if not self.has_weights():
+            return False
+        meta = read_json(self.meta_file)
+        saved = {k: v for k, v in (meta.get("config") or {}).items() if k not in _RUNTIME_KEYS}
+        wanted = {k: v for k, v in settings.items() if k not in _RUNTIME_KEYS}
+        return (
+            bool(meta.get("finished"))
+            and meta.get("split_fingerprint") == fingerprint
+            and saved == wanted
+        )

@@ -36,6 +36,7 @@ from lpla.ssl.checkpoint import (
     FORMAT_VERSION,
     META_FILE,
     MODEL_FILE,
+    PAIRED_HALVES_FILE,
     SPLIT_FILE,
     STATE_FILE,
     load_model_state,
@@ -48,9 +49,7 @@ from lpla.ssl.checkpoint import (
 from lpla.ssl.config import TrainConfig
 from lpla.ssl.frameworks import SSLMethod, create_framework
 
-__all__ = ["TrainConfig", "TrainingInterrupted", "train_encoder"]
-
-PAIRED_HALVES_FILE = "paired_halves.npz"
+__all__ = ["PAIRED_HALVES_FILE", "TrainConfig", "TrainingInterrupted", "train_encoder"]
 
 
 class TrainingInterrupted(LplaError):
@@ -481,25 +480,16 @@ def _utility(
     device: str,
 ) -> dict[str, Any]:
     """Linear-probe and kNN accuracy on the dataset's test split, or why it was skipped."""
-    from lpla.utility import evaluate_utility
+    from lpla.utility import dataset_utility
 
-    if test_ds is None:
-        from lpla.data.registry import create_dataset
-
-        try:
-            test_ds = create_dataset(
-                cfg.dataset,
-                "test",
-                root=cfg.data_root,
-                download=cfg.download,
-                image_size=cfg.image_size,
-            )
-        except LplaError as exc:
-            return {"skipped": f"no test split: {exc}"}
-    return evaluate_utility(
+    return dataset_utility(
         encoder,
-        train_ds,
-        test_ds,
+        cfg.dataset,
+        data_root=cfg.data_root,
+        image_size=cfg.image_size,
+        download=cfg.download,
+        train_ds=train_ds,
+        test_ds=test_ds,
         train_limit=cfg.utility_train_limit,
         device=device,
         seed=cfg.seed,

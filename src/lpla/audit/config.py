@@ -1,11 +1,4 @@
-"""`lpla audit`: from images to a membership-privacy report, in cached stages.
-
-Stages (each writes its outputs atomically into the run directory and is skipped when they are
-already there with the same configuration, so a re-run after a crash, or with other attacks,
-never retrains):
-
-    split.json -> target/ (encoder) -> shadow/ (encoder) -> embeddings/*.npz
-    -> results.json + scores.npz + norms.npz -> report.html
+"""What an audit is: its config (every number it depends on) and the attacker's knowledge.
 
 The attacker's knowledge (``same``, ``other-framework``, ``other-backbone``, ``other-data`` and
 combinations joined with ``+``) only changes how the shadow encoder is trained: shadow data is
@@ -15,11 +8,6 @@ always disjoint from the target's members.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import shlex
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,27 +16,79 @@ from typing import Any
 import numpy as np
 
 from lpla.errors import LplaError
-from lpla.io import read_json, write_json_atomic
+from lpla.pipeline.settings import AttackSettings, QuerySettings
 from lpla.registry import Registry
+from lpla.ssl.config import TrainConfig
 
-RESULTS_FORMAT = 1
+__all__ = [
+    "AUDIT_RECIPE",
+    "KNOWLEDGE",
+    "AuditConfig",
+    "EncoderSpec",
+    "config_from_dict",
+    "load_config",
+    "shadow_spec",
+]
+
+#: Where the audit's default training recipe differs from ``lpla train``'s defaults (TrainConfig):
+#: the leaky small-scale regime chosen by the runs of docs/results.md §2. Every other recipe
+#: default is TrainConfig's own.
+AUDIT_RECIPE: dict[str, Any] = {
+    "backbone": "mlp",
+    "epochs": 500,
+    "batch_size": 128,
+    "temperature": 0.5,
+    "augmentation": "simclr",
+    "crop_scale_min": 0.8,
+    "jitter": 0.2,
+}
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _recipe(name: str) -> Any:
+    return AUDIT_RECIPE.get(name, _TRAIN_DEFAULTS[name])
+
+
+_QUERY = QuerySettings()
+_ATTACK = AttackSettings()
 
 
 @dataclass
 class EncoderSpec:
-    """How one encoder (target or shadow) is trained."""
+    """How one encoder (target or shadow) is trained: a subset of TrainConfig's fields.
 
-    framework: str = "simclr"
-    backbone: str = "mlp"
-    epochs: int = 500
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    temperature: float = 0.5
-    augmentation: str = "simclr"
-    crop_scale_min: float | None = 0.8
-    jitter: float | None = 0.2
+    Defaults are TrainConfig's, overlaid with :data:`AUDIT_RECIPE`; every field name is a
+    TrainConfig field, so a spec becomes a TrainConfig without listing fields by hand.
+    """
+
+    framework: str = _recipe("framework")
+    backbone: str = _recipe("backbone")
+    epochs: int = _recipe("epochs")
+    batch_size: int = _recipe("batch_size")
+    lr: float = _recipe("lr")
+    weight_decay: float = _recipe("weight_decay")
+    temperature: float | None = _recipe("temperature")
+    augmentation: str | None = _recipe("augmentation")
+    crop_scale_min: float | None = _recipe("crop_scale_min")
+    jitter: float | None = _recipe("jitter")
     dataset: str | None = None  # None: the audit's dataset
+
+    def train_fields(self) -> dict[str, Any]:
+        """The recipe as TrainConfig keyword arguments (``temperature`` only where it exists)."""
+        fields = dataclasses.asdict(self)
+        fields.pop("dataset")
+        if not _takes_temperature(self.framework):
+            fields["temperature"] = None
+        return fields
+
+
+def _takes_temperature(framework: str) -> bool:
+    """Only contrastive frameworks have a softmax temperature (SimCLR, MoCo v2)."""
+    import inspect
+
+    from lpla.ssl.frameworks import FRAMEWORKS
+
+    return "temperature" in inspect.signature(FRAMEWORKS.get(framework)).parameters
 
 
 @dataclass
@@ -67,30 +107,44 @@ class AuditConfig:
     # be this audit's split (a study points cells that differ only in the shadow at one target).
     target_dir: str | None = None
     shadow_overrides: dict[str, Any] = field(default_factory=dict)
-    views: int = 10
-    query_augmentation: str | None = None  # None: the target's training augmentation
-    clean_view0: bool = True
-    layer: str = "backbone"
-    p: tuple[float, ...] = (1.0, 2.0, float("inf"))
-    attacks: tuple[str, ...] | None = None
-    views_grid: tuple[int, ...] = (1, 2, 5, 10)
-    n_bootstrap: int = 1000
+    views: int = _QUERY.views
+    query_augmentation: str | None = _QUERY.augmentation  # None: the target's own
+    clean_view0: bool = _QUERY.clean_view0
+    layer: str = _QUERY.layer
+    p: tuple[float, ...] = _ATTACK.p
+    attacks: tuple[str, ...] | None = _ATTACK.attacks
+    views_grid: tuple[int, ...] = _ATTACK.views_grid
+    n_bootstrap: int = _ATTACK.n_bootstrap
     defenses: tuple[str, ...] = ()
     utility: bool = True
     utility_train_limit: int = 10000  # probe-training images (the test split is used whole)
     device: str = "auto"
     title: str = "lpla audit"
 
+    def query_settings(self, device: str | None = None) -> QuerySettings:
+        return QuerySettings(
+            views=self.views,
+            clean_view0=self.clean_view0,
+            augmentation=self.query_augmentation,
+            layer=self.layer,
+            seed=self.seed,
+            device=device or self.device,
+        )
+
+    def attack_settings(self) -> AttackSettings:
+        return AttackSettings(
+            attacks=self.attacks,
+            p=self.p,
+            views_grid=self.views_grid,
+            n_bootstrap=self.n_bootstrap,
+            seed=self.seed,
+        )
+
     def validate(self) -> None:
         if self.members < 2:
             raise LplaError(f"--members must be at least 2, got {self.members}")
-        if self.views < 1:
-            raise LplaError(f"--views must be at least 1, got {self.views}")
-        if self.clean_view0 and self.views < 1:
-            raise LplaError("--clean-view0 needs at least one view")
-        for p in self.p:
-            if not p > 0:
-                raise LplaError(f"every p must be > 0 (inf allowed), got {p}")
+        self.query_settings().validate()
+        self.attack_settings().validate()
         if self.target.epochs < 1:
             raise LplaError(f"--epochs must be at least 1, got {self.target.epochs}")
         for part in self.knowledge.split("+"):
@@ -99,7 +153,6 @@ class AuditConfig:
 
     def _check_names(self) -> None:
         """Every registry name the audit will use, checked now: not after an hour of training."""
-        from lpla.attacks import ATTACKS
         from lpla.data.registry import DATASETS
         from lpla.defenses import create_defense
         from lpla.ssl.augment import AUGMENTATIONS
@@ -110,17 +163,12 @@ class AuditConfig:
         for spec in (self.target, shadow_spec(self)):
             FRAMEWORKS.get(spec.framework)
             BACKBONES.get(spec.backbone)
-            AUGMENTATIONS.get(spec.augmentation)
+            if spec.augmentation is not None:
+                AUGMENTATIONS.get(spec.augmentation)
             if spec.dataset is not None:
                 DATASETS.get(spec.dataset)
-        if self.query_augmentation is not None:
-            AUGMENTATIONS.get(self.query_augmentation)
-        for name in self.attacks or ():
-            ATTACKS.get(name)
         for defense in self.defenses:
             create_defense(defense)
-        if any(v < 1 for v in self.views_grid):
-            raise LplaError(f"every views_grid entry must be >= 1, got {list(self.views_grid)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -201,118 +249,6 @@ def shadow_spec(cfg: AuditConfig) -> EncoderSpec:
     if cfg.shadow_overrides:
         spec = dataclasses.replace(spec, **cfg.shadow_overrides)
     return spec
-
-
-# --- cached stages -------------------------------------------------------------------------------
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class Stages:
-    """Tracks which stages are done (``stages.json``) keyed by a hash of their inputs."""
-
-    def __init__(self, out: Path, log: Callable[[str], None]) -> None:
-        self.out = out
-        self.path = out / "stages.json"
-        self.log = log
-        self.done: dict[str, str] = read_json(self.path) if self.path.exists() else {}
-
-    def run(self, name: str, key: Any, outputs: list[Path], fn: Callable[[], None]) -> bool:
-        """Run ``fn`` unless ``name`` was completed with the same key and its outputs exist."""
-        digest = _digest(key)
-        if self.done.get(name) == digest and all(p.exists() for p in outputs):
-            self.log(f"[cached] {name}")
-            return False
-        self.log(f"[run] {name}")
-        fn()
-        self.done[name] = digest
-        write_json_atomic(self.path, self.done)
-        return True
-
-
-def run_audit(
-    cfg: AuditConfig,
-    out: str | Path,
-    *,
-    log: Callable[[str], None] = print,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """Split, train target and shadow, query both, attack, measure utility, write the report."""
-    from lpla.audit_stages import (
-        attack_stage,
-        embed_stage,
-        make_split_stage,
-        train_stage,
-        utility_stage,
-    )
-    from lpla.runtime import resolve_device, set_threads, versions
-
-    cfg.validate()
-    set_threads()
-    device = resolve_device(cfg.device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(out, log)
-    timing: dict[str, float] = {}
-    sh_spec = shadow_spec(cfg)
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        result = fn()
-        timing[name] = round(time.perf_counter() - t0, 2)
-        return result
-
-    split = timed("split", lambda: make_split_stage(cfg, sh_spec, out, stages))
-    timed(
-        "train_target", lambda: train_stage(cfg, cfg.target, "target", split, out, stages, device)
-    )
-    timed("train_shadow", lambda: train_stage(cfg, sh_spec, "shadow", split, out, stages, device))
-    answers = timed("query", lambda: embed_stage(cfg, sh_spec, split, out, stages, device))
-    utility = (
-        timed("utility", lambda: utility_stage(cfg, out, stages, device)) if cfg.utility else None
-    )
-    results = timed("attacks", lambda: attack_stage(cfg, answers, split, out))
-    results.update(
-        {
-            "format": RESULTS_FORMAT,
-            "title": cfg.title,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "knowledge": cfg.knowledge,
-            "target": dataclasses.asdict(cfg.target) | {"dataset": cfg.dataset},
-            "shadow": dataclasses.asdict(sh_spec) | {"dataset": sh_spec.dataset or cfg.dataset},
-            "config": cfg.to_dict(),
-            "command": command or _reproduce_command(cfg, out),
-            "versions": versions(),
-            "device": device,
-            "timing_s": timing,
-        }
-    )
-    if utility is not None:
-        results["utility"] = utility
-    results["lpla_version"] = results["versions"].get("lpla")
-    write_json_atomic(out / "results.json", results)
-    try:
-        from lpla.report.html import build_report
-
-        build_report(out)
-    except ImportError:  # pragma: no cover - report package always ships
-        log("report module unavailable; results.json written")
-    return results
-
-
-def _reproduce_command(cfg: AuditConfig, out: Path) -> str:
-    return (
-        "lpla audit --config "
-        + shlex.quote(str(out / "audit_config.json"))
-        + " --out "
-        + shlex.quote(str(out))
-    )
-
-
-def current_command() -> str:
-    return "lpla " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def load_config(path: str | Path) -> AuditConfig:

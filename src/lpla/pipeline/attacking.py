@@ -1,53 +1,30 @@
 """Run a set of attacks on one target and its shadow(s), and turn scores into metrics.
 
 This is the join between the query layer (embeddings) and the attack layer (statistics -> scores):
-``lpla attack`` and ``lpla audit`` both call :func:`run_attacks`. It takes embeddings files (or
-in-memory arrays), so it needs no training code and works on any user's precomputed embeddings.
+every command that attacks calls :func:`run_attacks`. It takes embeddings files (or in-memory
+arrays), so it needs no training code and works on any user's precomputed embeddings. How the
+views were made (a clean view 0) is read from each file's metadata.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from lpla.attacks import ATTACKS, applicable_attacks, create_attack
-from lpla.attacks.features import AttackInput, QueryStats, compute_stats
+from lpla.attacks.features import ANSWER_ROLES, AttackInput, QueryStats, compute_stats
 from lpla.embeddings import EmbeddingsFile
 from lpla.errors import LplaError
 from lpla.metrics import evaluate_scores
+from lpla.pipeline.answers import EncoderAnswers
+from lpla.pipeline.settings import AttackSettings
 
-DEFAULT_P: tuple[float, ...] = (1.0, 2.0, float("inf"))
-DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10)
-
-
-@dataclass
-class EncoderAnswers:
-    """One encoder's answers: candidate images (membership known for shadows) + reference."""
-
-    name: str
-    candidates: EmbeddingsFile
-    reference: EmbeddingsFile | None = None
-    # The same candidates queried on another encoder that never trained on them (difficulty
-    # calibration), and that encoder's answers on the reference set.
-    baseline: EmbeddingsFile | None = None
-    baseline_reference: EmbeddingsFile | None = None
-
-
-@dataclass
-class AttackSettings:
-    attacks: Sequence[str] | None = None  # None: every attack the inputs allow
-    p: Sequence[float] = DEFAULT_P
-    similarities: Sequence[str] = ("cosine",)
-    clean_view0: bool = False
-    views_grid: Sequence[int] = DEFAULT_KS
-    n_bootstrap: int = 1000
-    seed: int = 0
-    fprs: Sequence[float] = (0.001, 0.01)
-    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+__all__ = ["AttackRun", "check_compatible", "overlap_notes", "run_attacks", "run_defended"]
 
 
 @dataclass
@@ -76,44 +53,29 @@ class _StatsCache:
                 emb.embeddings,
                 p=tuple(self.settings.p),
                 similarities=tuple(self.settings.similarities),
-                clean_view0=self.settings.clean_view0,
+                clean_view0=emb.clean_view0,
             )
             hit = self._done[id(emb)] = (emb, stats)  # the file is kept so its id stays unique
         return hit[1]
 
 
 def _as_input(answers: EncoderAnswers, stats_of: _StatsCache) -> tuple[AttackInput, list[str]]:
-    """Statistics for the candidates and the reference; falls back to self-calibration."""
+    """Statistics of every answer; without a reference, the candidates calibrate themselves."""
     notes: list[str] = []
     stats = stats_of(answers.candidates)
-    if answers.reference is not None:
-        ref = stats_of(answers.reference)
-    else:
-        ref = stats
+    others = {role: stats_of(f) for role, f in answers.others().items()}
+    if "reference" not in others:
+        others["reference"] = stats
         notes.append(
             f"{answers.name}: no reference embeddings; features calibrated on the candidates "
             "themselves"
         )
-    member = np.asarray(answers.candidates.member, dtype=np.int8)
-    index = np.asarray(answers.candidates.index, dtype=np.int64)
-    base = base_ref = None
-    if answers.baseline is not None and answers.baseline_reference is not None:
-        if len(answers.baseline.index) != len(index) or not np.array_equal(
-            answers.baseline.index, index
-        ):
-            raise LplaError(
-                f"{answers.name}: baseline embeddings must list the same images as the candidates"
-            )
-        base = stats_of(answers.baseline)
-        base_ref = stats_of(answers.baseline_reference)
     inp = AttackInput(
-        stats=stats,
-        member=member,
-        index=index,
-        reference=ref,
+        stats,
+        np.asarray(answers.candidates.member, dtype=np.int8),
+        np.asarray(answers.candidates.index, dtype=np.int64),
         name=answers.name,
-        baseline=base,
-        baseline_reference=base_ref,
+        answers=others,
     )
     return inp, notes
 
@@ -143,16 +105,33 @@ def check_compatible(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) 
             "(member=1 and member=0 rows); "
             f"got {(tm == 1).sum()} members and {(tm == 0).sum()} non-members"
         )
-    for ans in (target, *shadows):
-        if (
-            ans.reference is not None
-            and ans.reference.embeddings.shape[2] != ans.candidates.embeddings.shape[2]
-        ):
+    for sh in shadows:
+        if sh.candidates.clean_view0 != target.candidates.clean_view0:
             raise LplaError(
-                f"{ans.name}: reference embeddings have D={ans.reference.embeddings.shape[2]} but "
-                f"candidates D={ans.candidates.embeddings.shape[2]}; they must come from the same "
-                "encoder and layer"
+                f"the target's view 0 is {_clean(target.candidates)} but shadow {sh.name}'s is "
+                f"{_clean(sh.candidates)}; query both the same way (--clean-view0 on both or "
+                "neither)"
             )
+    for ans in (target, *shadows):
+        cand = ans.candidates
+        for role, other in ans.others().items():
+            if other.embeddings.shape[2] != cand.embeddings.shape[2] and role == "reference":
+                raise LplaError(
+                    f"{ans.name}: reference embeddings have D={other.embeddings.shape[2]} but "
+                    f"candidates D={cand.embeddings.shape[2]}; they must come from the same "
+                    "encoder and layer"
+                )
+            if ANSWER_ROLES.get(role).aligned and not np.array_equal(
+                np.asarray(other.index), np.asarray(cand.index)
+            ):
+                raise LplaError(
+                    f"{ans.name}: {role} embeddings must list the same images as the candidates, "
+                    "in the same order"
+                )
+
+
+def _clean(emb: EmbeddingsFile) -> str:
+    return "the clean image" if emb.clean_view0 else "augmented"
 
 
 def overlap_notes(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) -> list[str]:
@@ -204,16 +183,6 @@ def _over_represented(hits_m: int, n_m: int, hits_n: int, n_n: int) -> bool:
     return se > 0 and (hits_m / n_m - hits_n / n_n) / se > 3.0
 
 
-def check_settings(settings: AttackSettings) -> None:
-    """Out-of-range settings are mistakes, not something to drop silently."""
-    if any(int(v) < 1 for v in settings.views_grid):
-        raise LplaError(
-            f"every query budget in --views-grid must be >= 1, got {list(settings.views_grid)}"
-        )
-    if settings.n_bootstrap < 0:
-        raise LplaError(f"--n-bootstrap must be >= 0, got {settings.n_bootstrap}")
-
-
 def _dims_note(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) -> list[str]:
     d = target.candidates.embeddings.shape[2]
     return [
@@ -229,7 +198,7 @@ def run_attacks(
 ) -> AttackRun:
     """Fit every chosen attack on the shadow(s), score the target, and compute the metrics."""
     check_compatible(target, shadows)
-    check_settings(settings)
+    settings.validate()
     k = int(target.candidates.embeddings.shape[1])
     stats = _StatsCache(settings)
     t_in, notes = _as_input(target, stats)
@@ -246,7 +215,7 @@ def run_attacks(
     names = (
         list(settings.attacks)
         if settings.attacks
-        else applicable_attacks(k, len(sh_inputs), target.reference is not None, has_baseline)
+        else applicable_attacks(k, len(sh_inputs), True, has_baseline)
     )
     for name in names:
         ATTACKS.get(name)
@@ -326,3 +295,45 @@ def _auc_vs_views(
             auc = float(roc_auc_score(labels[evaluated], np.asarray(scores)[evaluated]))
             out.setdefault(name, {})[str(v)] = auc
     return {name: out[name] for name in names if name in out}
+
+
+def run_defended(
+    spec: str,
+    target: EncoderAnswers,
+    shadows: Sequence[EncoderAnswers],
+    settings: AttackSettings,
+) -> dict[str, Any]:
+    """The same attacks on answers served through an output-side defense.
+
+    Every encoder gets its own defense, fitted once on its own reference answers (its
+    candidates when it has none), and every answer it serves passes through it; the attacker's
+    shadows are defended too. A ``baseline`` answer was served by the *other* encoder of a
+    target/shadow pair, so that encoder's defense applies.
+    """
+    from lpla.defenses import create_defense
+
+    encoders = [target, *shadows]
+    fitted = {
+        a.name: create_defense(spec).fit(
+            np.asarray((a.reference or a.candidates).embeddings, np.float32)
+        )
+        for a in encoders
+    }
+    partner = (
+        {target.name: shadows[0].name, shadows[0].name: target.name} if len(shadows) == 1 else {}
+    )
+
+    def serve(owner: str) -> Any:
+        def apply(role: str, emb: EmbeddingsFile) -> EmbeddingsFile:
+            who = partner.get(owner, owner) if role.startswith("baseline") else owner
+            defended = fitted[who].apply(
+                np.asarray(emb.embeddings, np.float32), np.asarray(emb.index, np.int64)
+            )
+            return EmbeddingsFile(defended, emb.member, emb.index, emb.meta, emb.path)
+
+        return apply
+
+    t, *s = (a.map(serve(a.name)) for a in encoders)
+    run = run_attacks(t, s, dataclasses.replace(settings, views_grid=()))
+    keep = ("auc", "auc_ci95", "tpr_at_fpr", "tpr_at_fpr_ci95", "advantage")
+    return {name: {k: v[k] for k in keep if k in v} for name, v in run.results["attacks"].items()}

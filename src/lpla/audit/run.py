@@ -1,0 +1,254 @@
+"""``run_audit``: from images to a membership-privacy report, in cached stages.
+
+Stages (each writes its outputs atomically into the run directory and is skipped when they are
+already there with the same configuration, so a re-run after a crash, or with other attacks,
+never retrains)::
+
+    split.json -> target/ (encoder) -> shadow/ (encoder) -> embeddings/*.npz
+    -> results.json + scores.npz + norms.npz -> report.html
+
+Querying, attacking and writing are the shared pipeline's (:mod:`lpla.pipeline`); this module
+adds what only a from-scratch audit has: the split and the two training runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lpla.audit.config import AuditConfig, EncoderSpec, shadow_spec
+from lpla.data.splits import MembershipSplit, make_split
+from lpla.errors import LplaError
+from lpla.io import write_json_atomic
+from lpla.pipeline.attacking import run_attacks, run_defended
+from lpla.pipeline.querying import plan_checkpoint, query_encoders
+from lpla.pipeline.stages import StageCache
+from lpla.pipeline.writing import write_run
+from lpla.ssl.checkpoint import Checkpoint
+
+__all__ = ["encoder_dir", "run_audit", "target_split"]
+
+
+@dataclasses.dataclass
+class Splits:
+    target: MembershipSplit
+    shadow: MembershipSplit  # the same object as target unless the shadow uses other data
+
+
+def _pool(dataset: str, root: str | None, stratify: bool) -> tuple[int, np.ndarray | None]:
+    """Pool size and, for stratified splits, the labels (none when the dataset is unlabelled)."""
+    from lpla.data.registry import create_dataset
+
+    ds = create_dataset(dataset, split="train", root=root)
+    labels = np.asarray(ds.labels)
+    return len(ds), labels if stratify and (labels >= 0).all() else None
+
+
+def encoder_dir(cfg: AuditConfig, out: Path, role: str) -> Checkpoint:
+    """Where the target / shadow checkpoint of this audit lives."""
+    if role == "target" and cfg.target_dir:
+        return Checkpoint(Path(cfg.target_dir))
+    return Checkpoint(out / role)
+
+
+def target_split(cfg: AuditConfig) -> MembershipSplit:
+    """The audit's split of its dataset (a pure function of the config)."""
+    size, labels = _pool(cfg.dataset, cfg.data_root, cfg.stratify)
+    return make_split(
+        cfg.dataset,
+        size,
+        members=cfg.members,
+        seed=cfg.seed,
+        reference=cfg.reference,
+        stratify=labels,
+    )
+
+
+def _split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: StageCache) -> Splits:
+    """One seeded split for target and shadow; a second one when the shadow's data differs."""
+    t_path, s_path = out / "split.json", out / "shadow_split.json"
+    other = sh.dataset is not None and sh.dataset != cfg.dataset
+    key = {
+        "dataset": cfg.dataset,
+        "members": cfg.members,
+        "reference": cfg.reference,
+        "seed": cfg.seed,
+        "shadow_dataset": sh.dataset if other else None,
+        "stratify": cfg.stratify,
+    }
+
+    def build() -> None:
+        target_split(cfg).save(t_path)
+        if other:
+            assert sh.dataset is not None
+            sh_size, sh_labels = _pool(sh.dataset, None, cfg.stratify)
+            make_split(
+                sh.dataset,
+                sh_size,
+                members=cfg.members,
+                seed=cfg.seed + 1,
+                reference=cfg.reference,
+                stratify=sh_labels,
+            ).save(s_path)
+
+    stages.run("split", key, [t_path] + ([s_path] if other else []), build)
+    target = MembershipSplit.load(t_path)
+    return Splits(target, MembershipSplit.load(s_path) if other else target)
+
+
+def _train_stage(
+    cfg: AuditConfig,
+    spec: EncoderSpec,
+    role: str,
+    splits: Splits,
+    out: Path,
+    stages: StageCache,
+    device: str,
+) -> None:
+    """Train (or resume) one encoder; a finished checkpoint with the same config is reused."""
+    from lpla.ssl.train import TrainConfig, train_encoder
+
+    split = splits.target if role == "target" else splits.shadow
+    split_file = out / ("split.json" if split is splits.target else "shadow_split.json")
+    ckpt = encoder_dir(cfg, out, role)
+    if role == "target" and cfg.target_dir:
+        theirs = ckpt.split()
+        if theirs is None or theirs.fingerprint() != split.fingerprint():
+            raise LplaError(
+                f"target_dir {ckpt.path} was trained on another split than this audit's; "
+                "use the same dataset, members and seed, or leave target_dir unset"
+            )
+        if not ckpt.has_weights():
+            raise LplaError(f"target_dir {ckpt.path} holds no trained encoder")
+        stages.log("[shared] train_target: " + str(ckpt.path))
+        return
+    dataset = spec.dataset or cfg.dataset
+    tcfg = TrainConfig(
+        dataset=dataset,
+        data_root=cfg.data_root if dataset == cfg.dataset else None,
+        members=cfg.members,
+        seed=cfg.seed if role == "target" else cfg.seed + 1,
+        out=str(ckpt.path),
+        role=role,
+        split=str(split_file),
+        device=device,
+        utility=cfg.utility and role == "target",
+        utility_train_limit=cfg.utility_train_limit,
+        progress=True,
+        **spec.train_fields(),
+    )
+    # Paths are left out of the key so that a moved or copied run directory stays cached.
+    settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in ("out", "split")}
+    key = {"train": settings, "split": split.fingerprint()}
+
+    def train() -> None:
+        if ckpt.finished_with(settings, split.fingerprint()):
+            stages.log(f"[reused] train_{role}: {ckpt.path} holds this run, finished")
+            return
+        train_encoder(dataclasses.replace(tcfg, resume=ckpt.state_file.exists()))
+
+    stages.run(f"train_{role}", key, [ckpt.model_file, ckpt.meta_file], train)
+
+
+def _utility_stage(cfg: AuditConfig, out: Path, device: str) -> dict[str, Any]:
+    """Utility of the target: measured at the end of training and stored in its checkpoint."""
+    ckpt = encoder_dir(cfg, out, "target")
+    stored = ckpt.utility()
+    if stored:
+        return stored
+    from lpla.encoders import load_any_encoder
+    from lpla.utility import dataset_utility
+
+    enc = load_any_encoder(str(ckpt.path), device=device)
+    result = dataset_utility(
+        enc.module,
+        cfg.dataset,
+        data_root=cfg.data_root,
+        train_limit=cfg.utility_train_limit,
+        device=device,
+        seed=cfg.seed,
+    )
+    write_json_atomic(out / "utility.json", result)
+    return dict(result)
+
+
+def run_audit(
+    cfg: AuditConfig,
+    out: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Split, train target and shadow, query both, attack, measure utility, write the report."""
+    from lpla.runtime import resolve_device, set_threads
+
+    cfg.validate()
+    set_threads()
+    device = resolve_device(cfg.device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = StageCache(out, log)
+    timing: dict[str, float] = {}
+    sh_spec = shadow_spec(cfg)
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        timing[name] = round(time.perf_counter() - t0, 2)
+        return result
+
+    splits = timed("split", lambda: _split_stage(cfg, sh_spec, out, stages))
+    timed(
+        "train_target", lambda: _train_stage(cfg, cfg.target, "target", splits, out, stages, device)
+    )
+    timed("train_shadow", lambda: _train_stage(cfg, sh_spec, "shadow", splits, out, stages, device))
+    plans = [
+        plan_checkpoint("target", encoder_dir(cfg, out, "target").path, cfg.data_root),
+        plan_checkpoint("shadow", encoder_dir(cfg, out, "shadow").path),
+    ]
+    query = cfg.query_settings(device)
+    target, shadow = timed(
+        "query", lambda: query_encoders(plans, query, out / "embeddings", cache=stages)
+    )
+    utility = timed("utility", lambda: _utility_stage(cfg, out, device)) if cfg.utility else None
+    settings = cfg.attack_settings()
+    run = timed("attacks", lambda: run_attacks(target, [shadow], settings))
+    extra: dict[str, Any] = {
+        "title": cfg.title,
+        "knowledge": cfg.knowledge,
+        "target": dataclasses.asdict(cfg.target) | {"dataset": cfg.dataset},
+        "shadow": dataclasses.asdict(sh_spec) | {"dataset": sh_spec.dataset or cfg.dataset},
+        "config": cfg.to_dict(),
+        "command": command or _reproduce_command(out),
+        "device": device,
+        "split": {
+            "dataset": cfg.dataset,
+            "seed": cfg.seed,
+            "sizes": dict(splits.target.sizes),
+            "fingerprint": splits.target.fingerprint(),
+        },
+    }
+    if cfg.defenses:
+        extra["defenses"] = timed(
+            "defenses",
+            lambda: {spec: run_defended(spec, target, [shadow], settings) for spec in cfg.defenses},
+        )
+    if utility is not None:
+        extra["utility"] = utility
+    extra["timing_s"] = timing
+    return write_run(out, run, extra, report=True)
+
+
+def _reproduce_command(out: Path) -> str:
+    return (
+        "lpla audit --config "
+        + shlex.quote(str(out / "audit_config.json"))
+        + " --out "
+        + shlex.quote(str(out))
+    )

@@ -1,0 +1,44 @@
+"""A run directory's cache of finished stages (``stages.json``), keyed by a hash of their inputs.
+
+A stage is skipped when it finished with the same key and its outputs still exist, so a re-run
+after a crash, or with other attacks, never retrains or re-queries. Keys hold no paths, so a
+moved or copied run directory stays cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lpla.io import read_json, write_json_atomic
+
+__all__ = ["StageCache", "digest"]
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StageCache:
+    """Which stages of one run directory are done."""
+
+    def __init__(self, out: Path, log: Callable[[str], None] = print) -> None:
+        self.out = out
+        self.path = out / "stages.json"
+        self.log = log
+        self.done: dict[str, str] = read_json(self.path) if self.path.exists() else {}
+
+    def run(self, name: str, key: Any, outputs: list[Path], fn: Callable[[], None]) -> bool:
+        """Run ``fn`` unless ``name`` was completed with the same key and its outputs exist."""
+        key_digest = digest(key)
+        if self.done.get(name) == key_digest and all(p.exists() for p in outputs):
+            self.log(f"[cached] {name}")
+            return False
+        self.log(f"[run] {name}")
+        fn()
+        self.done[name] = key_digest
+        write_json_atomic(self.path, self.done)
+        return True
