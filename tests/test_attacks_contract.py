@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -116,6 +117,11 @@ def test_contract(name: str) -> None:
     # learned state lives in attributes ending in "_"; params are untouched
     assert any(k.endswith("_") for k in vars(attack))
     assert attack.get_params() == create_attack(name, **FAST.get(name, {})).get_params()
+    # what the fit chose travels to results.json: JSON scalars (or flat dicts of them) only
+    fitted = attack.fitted_params()
+    assert fitted["threshold_"] == attack.threshold_
+    assert all(k.endswith("_") for k in fitted)
+    assert json.loads(json.dumps(fitted)) == fitted
 
     # deterministic: a fresh fit on the same data gives the same scores; refit is clean
     again = _fit(create_attack(name, **FAST.get(name, {})), shadows).score(target)
@@ -126,6 +132,16 @@ def test_contract(name: str) -> None:
     labels = target.member
     assert labels is not None
     assert scores[labels == 1].mean() > scores[labels == 0].mean()
+
+
+def test_fitted_params_need_a_fit_and_name_the_density() -> None:
+    shadows, _ = _inputs(k=4)
+    attack = create_attack("lpla")
+    with pytest.raises(NotFittedError, match="not fitted"):
+        attack.fitted_params()
+    fitted = _fit(attack, shadows).fitted_params()
+    assert fitted["density_"] == "shared"  # 60 + 60 shadow images: too few for separate
+    assert "groups_" not in fitted  # arrays stay out of results.json
 
 
 @pytest.mark.parametrize("name", list_attacks())

@@ -137,6 +137,7 @@ def test_evaluate_scores_keys_and_values() -> None:
         "auc",
         "auc_ci95",
         "tpr_at_fpr",
+        "tpr_at_fpr_ci95",
         "balanced_accuracy",
         "balanced_accuracy_oracle",
         "advantage",
@@ -150,6 +151,13 @@ def test_evaluate_scores_keys_and_values() -> None:
     assert lo < out["auc"] < hi
     assert set(out["tpr_at_fpr"]) == {"0.001", "0.01"}
     assert out["tpr_at_fpr"]["0.01"] == metrics.tpr_at_fpr(scores, labels, 0.01).tpr
+    for key in ("0.001", "0.01"):
+        t_lo, t_hi = out["tpr_at_fpr_ci95"][key]
+        assert 0.0 <= t_lo <= out["tpr_at_fpr"][key] <= t_hi <= 1.0
+    # the same resamples (n_bootstrap, seed) as the standalone functions
+    assert out["auc_ci95"] == list(metrics.auc_bootstrap_ci(scores, labels, n_bootstrap=200))
+    tpr_ci = metrics.tpr_at_fpr_bootstrap_ci(scores, labels, 0.01, n_bootstrap=200)
+    assert tpr_ci is not None and out["tpr_at_fpr_ci95"]["0.01"] == list(tpr_ci)
     assert out["balanced_accuracy"] == metrics.balanced_accuracy(scores, labels, 0.5)
     assert out["balanced_accuracy_oracle"] == pytest.approx(0.5 + out["advantage"] / 2)
     assert out["balanced_accuracy"] <= out["balanced_accuracy_oracle"]
@@ -172,6 +180,8 @@ def test_evaluate_scores_notes_and_missing_threshold() -> None:
     labels = [0] * 128 + [1] * 128
     out = metrics.evaluate_scores(np.arange(256.0), labels, n_bootstrap=50)
     assert out["tpr_at_fpr"] == {"0.001": None, "0.01": 1.0}
+    # no interval where there is no TPR; perfectly separated scores: every resample has TPR 1
+    assert out["tpr_at_fpr_ci95"] == {"0.001": None, "0.01": [1.0, 1.0]}
     assert "TPR at 0.1% FPR needs >= 1000 non-members; have 128" in out["notes"]
     assert out["balanced_accuracy"] is None and out["auc"] == 1.0
     assert out["roc"]["fpr"][0] == 0.0
@@ -187,7 +197,7 @@ def test_evaluate_scores_notes_and_missing_threshold() -> None:
         ([0.1, 0.2], [0, -1], {}, "drop unknown"),
         ([0.1, 0.2], [0, 1], {"fprs": (0.0,)}, "strictly between 0 and 1"),
         ([0.1, 0.2], [0, 1], {"fprs": (1.0,)}, "strictly between 0 and 1"),
-        ([0.1, 0.2], [0, 1], {"n_bootstrap": 0}, "n_bootstrap"),
+        ([0.1, 0.2], [0, 1], {"n_bootstrap": 0}, r"^--n-bootstrap must be >= 1 .*; got 0$"),
     ],
 )
 def test_bad_inputs_are_user_errors(scores, labels, kwargs, message) -> None:
@@ -198,3 +208,84 @@ def test_bad_inputs_are_user_errors(scores, labels, kwargs, message) -> None:
 def test_tpr_at_fpr_rejects_bad_fpr() -> None:
     with pytest.raises(LplaError, match="strictly between"):
         metrics.tpr_at_fpr(TINY_SCORES, TINY_LABELS, 1.5)
+
+
+# --- TPR at low FPR: bootstrap intervals -------------------------------------------------------
+
+
+def _separated(n_members: int, n_nonmembers: int, flip: bool = False) -> tuple[list, list]:
+    members = list(np.linspace(2.0, 3.0, n_members))
+    others = list(np.linspace(0.0, 1.0, n_nonmembers))
+    if flip:
+        members, others = others, members
+    return members + others, [1] * n_members + [0] * n_nonmembers
+
+
+def test_tpr_ci_of_perfect_and_of_reversed_scores() -> None:
+    scores, labels = _separated(50, 1000)
+    for fpr in (0.001, 0.01):  # any resample still separates perfectly: TPR 1 every time
+        assert metrics.tpr_at_fpr_bootstrap_ci(scores, labels, fpr, n_bootstrap=200) == (1.0, 1.0)
+    scores, labels = _separated(50, 1000, flip=True)  # every non-member above every member
+    assert metrics.tpr_at_fpr_bootstrap_ci(scores, labels, 0.01, n_bootstrap=200) == (0.0, 0.0)
+
+
+def test_tpr_ci_with_one_high_nonmember() -> None:
+    # 999 non-members at 0, one at 2, 100 members at 1. At FPR 0.1% one false positive is
+    # allowed, so TPR = 1 unless a resample draws the high non-member twice or more: then
+    # TPR = 0. That happens with probability 1 - P(0) - P(1) of Binomial(1000, 1/1000), 0.264.
+    scores = [0.0] * 999 + [2.0] + [1.0] * 100
+    labels = [0] * 1000 + [1] * 100
+    assert metrics.tpr_at_fpr(scores, labels, 0.001).tpr == 1.0
+
+    def ci(level: float, fpr: float = 0.001) -> tuple[float, float] | None:
+        return metrics.tpr_at_fpr_bootstrap_ci(scores, labels, fpr, n_bootstrap=4000, level=level)
+
+    assert ci(0.95) == (0.0, 1.0)
+    # the 20th percentile is 0 and the 30th is 1: 20% < P(TPR = 0) < 30%
+    assert ci(0.6) == (0.0, 1.0)
+    assert ci(0.4) == (1.0, 1.0)
+    # at FPR 1% ten false positives are allowed: drawing it 11 times is all but impossible
+    assert ci(0.95, fpr=0.01) == (1.0, 1.0)
+
+
+def test_tpr_ci_equals_explicit_resampling() -> None:
+    # the vectorised intervals against tpr_at_fpr on each resample, drawn as the bootstrap does
+    # (one batch: non-member positions among the sorted non-members, then member positions)
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.ones(60), np.zeros(150)].astype(int)
+    scores = np.round(rng.normal(size=210) + 0.7 * labels, 1)  # ties on purpose
+    n_boot = 300
+    ci = metrics.tpr_at_fpr_bootstrap_ci(scores, labels, 0.01, n_bootstrap=n_boot, seed=4)
+    pos, neg = scores[labels == 1], np.sort(scores[labels == 0])
+    g = np.random.default_rng(4)
+    neg_idx = g.integers(0, neg.size, size=(n_boot, neg.size))
+    pos_idx = g.integers(0, pos.size, size=(n_boot, pos.size))
+    explicit = []
+    for i in range(n_boot):
+        s = np.r_[pos[pos_idx[i]], neg[neg_idx[i]]]
+        tpr = metrics.tpr_at_fpr(s, np.r_[np.ones(60), np.zeros(150)], 0.01).tpr
+        assert tpr is not None
+        explicit.append(tpr)
+    assert ci == pytest.approx(tuple(np.percentile(explicit, [2.5, 97.5])), abs=1e-12)
+
+
+def test_tpr_ci_is_none_where_the_tpr_is() -> None:
+    scores, labels = _separated(50, 999)  # 999 < 1000 non-members: FPR 0.1% not resolvable
+    assert metrics.tpr_at_fpr(scores, labels, 0.001).tpr is None
+    assert metrics.tpr_at_fpr_bootstrap_ci(scores, labels, 0.001) is None
+    out = metrics.evaluate_scores(scores, labels, n_bootstrap=20)
+    assert (
+        {k for k, v in out["tpr_at_fpr_ci95"].items() if v is None}
+        == {k for k, v in out["tpr_at_fpr"].items() if v is None}
+        == {"0.001"}
+    )
+
+
+def test_n_bootstrap_below_one_is_one_readable_line() -> None:
+    for call in (
+        lambda: metrics.auc_bootstrap_ci(TINY_SCORES, TINY_LABELS, n_bootstrap=0),
+        lambda: metrics.tpr_at_fpr_bootstrap_ci(TINY_SCORES, TINY_LABELS, 0.5, n_bootstrap=-3),
+    ):
+        with pytest.raises(LplaError, match="--n-bootstrap must be >= 1") as info:
+            call()
+        assert "\n" not in str(info.value)

@@ -2,9 +2,9 @@
 
 ROC AUC, TPR at low FPR read from the ROC on the low side (as LiRA reports it), balanced
 accuracy at a given threshold (the honest, shadow-chosen one) and at the best threshold (oracle),
-membership advantage ``max(TPR - FPR)``, and a stratified bootstrap confidence interval of the
-AUC. :func:`evaluate_scores` bundles them into the dict stored per attack in ``results.json``.
-Members are the positive class (label 1).
+membership advantage ``max(TPR - FPR)``, and stratified bootstrap confidence intervals of the
+AUC and of each TPR at low FPR (the same resamples for both). :func:`evaluate_scores` bundles
+them into the dict stored per attack in ``results.json``. Members are the positive class (label 1).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "evaluate_scores",
     "roc_curve",
     "tpr_at_fpr",
+    "tpr_at_fpr_bootstrap_ci",
 ]
 
 
@@ -125,40 +126,108 @@ def balanced_accuracy_oracle(scores: Any, labels: Any) -> float:
     return 0.5 + advantage(scores, labels) / 2
 
 
-def auc_bootstrap_ci(
-    scores: Any, labels: Any, n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the AUC, resampling members and non-members separately.
+def _check_n_bootstrap(n_bootstrap: int) -> int:
+    if int(n_bootstrap) < 1:
+        raise LplaError(
+            f"--n-bootstrap must be >= 1 (the AUC and TPR@FPR intervals need resamples); "
+            f"got {n_bootstrap}"
+        )
+    return int(n_bootstrap)
+
+
+def _check_level(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        raise LplaError(f"confidence level must be between 0 and 1; got {level}")
+    return float(level)
+
+
+def _allowed_false_positives(n_nonmembers: int, fpr: float) -> int:
+    """Most false positives an ROC point may have and still count as FPR <= ``fpr`` (the
+    tolerance of :func:`_tpr_low_side`)."""
+    return math.floor(fpr * (1 + 1e-9) * n_nonmembers)
+
+
+def _bootstrap(
+    s: np.ndarray, y: np.ndarray, n_bootstrap: int, seed: int, fprs: Sequence[float] = ()
+) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """The AUC and the low-side TPR at each of ``fprs`` of ``n_bootstrap`` stratified resamples
+    (members and non-members resampled separately, so each resample keeps both counts).
 
     Vectorised: with the non-member scores sorted once, the AUC of every resample is a weighted
     count of (member, non-member) orderings computed from cumulative resample counts, so 1000
-    resamples of 10^4 scores take well under a second. Resamples are processed in batches that
-    bound memory.
+    resamples of 10^4 scores take well under a second. The TPR at FPR ``f`` of a resample is the
+    share of its members scoring above its ``(m + 1)``-th highest non-member, ``m`` the false
+    positives ``f`` allows. Resamples are processed in batches that bound memory.
     """
-    s, y = _check(scores, labels)
-    if int(n_bootstrap) < 1:
-        raise LplaError(f"n_bootstrap must be >= 1; got {n_bootstrap}")
-    if not 0.0 < level < 1.0:
-        raise LplaError(f"confidence level must be between 0 and 1; got {level}")
     pos = s[y == 1]
     neg = np.sort(s[y == 0])
     n1, n0 = pos.size, neg.size
     # for each member: how many non-members lie strictly below / at or below its score
     below = np.searchsorted(neg, pos, side="left")
     at_or_below = np.searchsorted(neg, pos, side="right")
+    pos_order = np.argsort(pos, kind="stable")
+    pos_sorted = pos[pos_order]
+    allowed = {f: _allowed_false_positives(n0, f) for f in fprs}
     rng = np.random.default_rng(seed)
     batch = max(1, int(2e6 // (n0 + n1)))
-    aucs = np.empty(int(n_bootstrap))
-    for start in range(0, int(n_bootstrap), batch):
-        b = min(batch, int(n_bootstrap) - start)
+    aucs = np.empty(n_bootstrap)
+    tprs = {f: np.empty(n_bootstrap) for f in fprs}
+    for start in range(0, n_bootstrap, batch):
+        b = min(batch, n_bootstrap - start)
         w_neg = _resample_counts(rng, n0, b)
         w_pos = _resample_counts(rng, n1, b)
         cum = np.concatenate([np.zeros((b, 1)), np.cumsum(w_neg, axis=1)], axis=1)
         wins = cum[:, below] + 0.5 * (cum[:, at_or_below] - cum[:, below])
         aucs[start : start + b] = (w_pos * wins).sum(axis=1) / (n1 * n0)
+        if not fprs:
+            continue
+        from_top = np.cumsum(w_neg[:, ::-1], axis=1)  # [:, j]: resampled count of the j+1 highest
+        cum_pos = np.concatenate([np.zeros((b, 1)), np.cumsum(w_pos[:, pos_order], axis=1)], 1)
+        rows = np.arange(b)
+        for f, m in allowed.items():
+            if m >= n0:  # every threshold is allowed
+                tprs[f][start : start + b] = 1.0
+                continue
+            cutoff = neg[n0 - 1 - np.argmax(from_top >= m + 1, axis=1)]  # (m+1)-th highest
+            at_most = cum_pos[rows, np.searchsorted(pos_sorted, cutoff, side="right")]
+            tprs[f][start : start + b] = (n1 - at_most) / n1
+    return aucs, tprs
+
+
+def _percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1.0 - level) / 2 * 100
-    lo, hi = np.percentile(aucs, [tail, 100 - tail])
+    lo, hi = np.percentile(values, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+def auc_bootstrap_ci(
+    scores: Any, labels: Any, n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the AUC, resampling members and non-members separately."""
+    s, y = _check(scores, labels)
+    n = _check_n_bootstrap(n_bootstrap)
+    aucs, _ = _bootstrap(s, y, n, seed)
+    return _percentile_ci(aucs, _check_level(level))
+
+
+def tpr_at_fpr_bootstrap_ci(
+    scores: Any,
+    labels: Any,
+    fpr: float,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of :func:`tpr_at_fpr` (stratified resamples, the same ones as
+    :func:`auc_bootstrap_ci` with this seed); ``None`` exactly where the TPR itself is ``None``
+    (fewer than ``1/fpr`` non-members)."""
+    target = _check_fpr(fpr)
+    s, y = _check(scores, labels)
+    n = _check_n_bootstrap(n_bootstrap)
+    if _resolution_note(int((y == 0).sum()), target) is not None:
+        return None
+    _, tprs = _bootstrap(s, y, n, seed, (target,))
+    return _percentile_ci(tprs[target], _check_level(level))
 
 
 def _resample_counts(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
@@ -201,10 +270,13 @@ def evaluate_scores(
     """All metrics of one attack's scores, as stored in ``results.json``.
 
     Keys: ``auc``, ``auc_ci95`` ``[lo, hi]``, ``tpr_at_fpr`` ``{"0.001": x | None, ...}``,
+    ``tpr_at_fpr_ci95`` ``{"0.001": [lo, hi] | None, ...}`` (``None`` exactly where the TPR is),
     ``balanced_accuracy`` (at ``threshold``; ``None`` without one), ``threshold``,
     ``balanced_accuracy_oracle``, ``advantage``, ``roc`` ``{"fpr": [...], "tpr": [...]}``
-    (at most ``max_roc_points``), ``n_members``, ``n_nonmembers`` and ``notes`` (caveats).
+    (at most ``max_roc_points``), ``n_members``, ``n_nonmembers`` and ``notes`` (caveats). Both
+    intervals come from the same ``n_bootstrap`` stratified resamples drawn with ``seed``.
     """
+    n_resamples = _check_n_bootstrap(n_bootstrap)
     s, y = _check(scores, labels)
     targets = [_check_fpr(f) for f in fprs]
     if int(max_roc_points) < 2:
@@ -212,15 +284,23 @@ def evaluate_scores(
     n_members, n_nonmembers = int((y == 1).sum()), int((y == 0).sum())
     fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
     notes: list[str] = []
-    rates: dict[str, float | None] = {}
+    resolved: list[float] = []
     for target in targets:
         note = _resolution_note(n_nonmembers, target)
         if note is not None:
             notes.append(note)
-            rates[str(target)] = None
         else:
+            resolved.append(target)
+    aucs, tpr_samples = _bootstrap(s, y, n_resamples, seed, resolved)
+    rates: dict[str, float | None] = {}
+    rate_cis: dict[str, list[float] | None] = {}
+    for target in targets:
+        if target in tpr_samples:
             rates[str(target)] = _tpr_low_side(fpr, tpr, target)
-    lo, hi = auc_bootstrap_ci(s, y, n_bootstrap=n_bootstrap, seed=seed)
+            rate_cis[str(target)] = list(_percentile_ci(tpr_samples[target], 0.95))
+        else:
+            rates[str(target)] = rate_cis[str(target)] = None
+    lo, hi = _percentile_ci(aucs, 0.95)
     adv = float(np.max(tpr - fpr))
     keep = _downsample_roc(fpr, tpr, int(max_roc_points))
     if threshold is None:
@@ -229,6 +309,7 @@ def evaluate_scores(
         "auc": float(skm.roc_auc_score(y, s)),
         "auc_ci95": [lo, hi],
         "tpr_at_fpr": rates,
+        "tpr_at_fpr_ci95": rate_cis,
         "balanced_accuracy": None if threshold is None else balanced_accuracy(s, y, threshold),
         "threshold": None if threshold is None else float(threshold),
         "balanced_accuracy_oracle": 0.5 + adv / 2,

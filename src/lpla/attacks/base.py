@@ -84,6 +84,23 @@ class Attack:
         sig = inspect.signature(type(self).__init__)
         return {k: getattr(self, k) for k in sig.parameters if k != "self"}
 
+    def fitted_params(self) -> dict[str, Any]:
+        """The fitted state that fits in ``results.json``: attributes ending in ``_`` whose value
+        is a JSON scalar or a flat dict of them (e.g. ``threshold_``, ``density_``), so that a
+        result says what the attack chose, not only what it was asked."""
+        self._check_fitted()
+        out: dict[str, Any] = {}
+        for key, value in vars(self).items():
+            if not key.endswith("_") or key.startswith("_"):
+                continue
+            if _json_scalar(value):
+                out[key] = _plain(value)
+            elif isinstance(value, dict) and all(
+                isinstance(k, str) and _json_scalar(v) for k, v in value.items()
+            ):
+                out[key] = {k: _plain(v) for k, v in value.items()}
+        return out
+
     @property
     def is_fitted(self) -> bool:
         return hasattr(self, "threshold_")
@@ -241,9 +258,41 @@ def check_choice(attack: str, param: str, value: Any, choices: Sequence[Any]) ->
         )
 
 
-def standardise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """``(values - mean) / std`` with a floor on ``std`` (constant statistics stay finite)."""
-    return (values - mean) / np.maximum(std, 1e-12)
+#: a reference standard deviation below this fraction of the feature's scale is rounding noise
+REL_STD_FLOOR = 1e-6
+
+
+def standardise(
+    values: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    scale: np.ndarray | float | None = None,
+) -> np.ndarray:
+    """``(values - mean) / std`` per column; a (near-)constant column becomes 0.
+
+    A column whose ``std`` is at most :data:`REL_STD_FLOOR` times its ``scale`` is constant up
+    to float32 rounding (e.g. sd 1e-8 of values around 1): dividing by that ``std`` would turn
+    rounding noise into a unit-variance feature that looks as informative as a real one, so
+    such a column is returned as zeros instead and carries no weight in any score. ``scale`` is
+    the magnitude of the quantity behind the column: ``sqrt(mean**2 + std**2)`` by default, 1
+    for logs (the sd of a log is already relative, even when the log is near 0). Being
+    relative, the floor treats norms of 1e-3 and of 1e3 alike.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    magnitude = np.sqrt(mean**2 + std**2) if scale is None else np.asarray(scale, np.float64)
+    constant = ~(std > REL_STD_FLOOR * magnitude)  # also catches std == magnitude == 0, NaN
+    z = (values - mean) / np.where(constant, 1.0, std)
+    return np.asarray(np.where(constant, 0.0, z))
+
+
+def _json_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str | np.bool_ | np.number)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.bool_ | np.number) else value
 
 
 def tiny_log(values: np.ndarray) -> np.ndarray:

@@ -174,8 +174,8 @@ class LiraAttack(Attack):
             ref = np.stack(
                 [norm_features(item.reference, p, self.statistic)[:, 0] for p in self.p_], 1
             )
-            return standardise(x, ref.mean(axis=0), ref.std(axis=0))
-        return standardise(x, np.median(x, axis=0), x.std(axis=0))
+            return standardise(x, ref.mean(axis=0), ref.std(axis=0), scale=1.0)  # logs
+        return standardise(x, np.median(x, axis=0), x.std(axis=0), scale=1.0)
 
     # --- fit ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from lpla.errors import LplaError
 from lpla.report import plots
 from lpla.report.render import fmt_ci, fmt_fpr, fmt_num, render_to
 from lpla.report.rundir import RunData, load_run
+from lpla.report.verdict import Verdict, verdict
 
 __all__ = ["Verdict", "build_report", "build_run_report", "verdict"]
 
@@ -28,85 +29,6 @@ _UTILITY_NAMES = {
     "knn_acc_k200": "weighted kNN accuracy (k = 200)",
     "linear_probe_acc_pixels": "linear probe on raw pixels (baseline, no encoder)",
 }
-
-
-# --- the one-sentence verdict ------------------------------------------------------------------
-
-
-@dataclass
-class Verdict:
-    """The strongest attack and what its AUC interval says, in plain words."""
-
-    kind: str  # "leaks", "none", "reversed" or "no-ci"
-    attack: str
-    sentence: str
-
-
-def _ci(entry: dict[str, Any]) -> tuple[float, float] | None:
-    ci = entry.get("auc_ci95")
-    if isinstance(ci, list | tuple) and len(ci) == 2 and None not in ci:
-        return float(ci[0]), float(ci[1])
-    return None
-
-
-def verdict(attacks: dict[str, dict[str, Any]]) -> Verdict:
-    """Pick the strongest attack (highest AUC among those whose CI clears 0.5, else overall) and
-    say whether its 95% CI lies above chance."""
-    above = {n: e for n, e in attacks.items() if (c := _ci(e)) is not None and c[0] > 0.5}
-    pool = above or attacks
-    name = max(pool, key=lambda n: float(pool[n]["auc"]))
-    entry = attacks[name]
-    auc, ci = float(entry["auc"]), _ci(entry)
-    n_m, n_n = entry.get("n_members"), entry.get("n_nonmembers")
-    sample = (
-        f"{n_m} members and {n_n} non-members"
-        if n_m is not None and n_n is not None
-        else "this sample"
-    )
-    auc_text = f"AUC {auc:.3f}" + (f" (95% CI {fmt_ci(list(ci))})" if ci is not None else "")
-    if ci is None:
-        return Verdict(
-            "no-ci",
-            name,
-            (
-                f"Undecided: the strongest attack, {name}, reaches {auc_text}, but no confidence "
-                "interval was recorded, so it cannot be told apart from chance (0.5)."
-            ),
-        )
-    if ci[0] > 0.5:
-        tpr = (entry.get("tpr_at_fpr") or {}).get("0.01")
-        extra = (
-            f" At 1% FPR it identifies {tpr * 100:.1f}% of the members." if tpr is not None else ""
-        )
-        return Verdict(
-            "leaks",
-            name,
-            (
-                f"Leaks membership: the strongest attack, {name}, reaches {auc_text}; the whole "
-                f"interval lies above chance (0.5) with {sample}.{extra}"
-            ),
-        )
-    if ci[1] < 0.5:
-        return Verdict(
-            "reversed",
-            name,
-            (
-                f"No leakage detected at this sample size by these attacks: the strongest, {name}, "
-                f"has {auc_text}, below chance. Its scores rank members lower than non-members, so "
-                "the direction it learnt on the shadow encoder does not hold on this target; the "
-                "statistic itself may still carry membership."
-            ),
-        )
-    half = (ci[1] - ci[0]) / 2
-    return Verdict(
-        "none",
-        name,
-        (
-            f"No leakage detected at this sample size: the strongest attack, {name}, reaches "
-            f"{auc_text}, and the interval includes chance (0.5). With {sample}, a leak smaller "
-            f"than about ±{half:.2f} AUC cannot be told from chance."
-        ),
-    )
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -125,6 +47,14 @@ def _tpr_note(notes: list[str], key: str) -> str:
         if f"{pct} FPR" in note:
             return note
     return f"TPR at {pct} FPR cannot be resolved at this sample size"
+
+
+def _tpr_ci(entry: dict[str, Any], key: str) -> str | None:
+    """``lo–hi`` of a TPR's bootstrap interval; ``None`` when the run did not record one
+    (results.json written before ``tpr_at_fpr_ci95`` existed)."""
+    pair = (entry.get("tpr_at_fpr_ci95") or {}).get(key)
+    text = fmt_ci(pair)
+    return None if text == "n/a" else text
 
 
 def shared_notes(attacks: dict[str, dict[str, Any]]) -> list[str]:
@@ -148,6 +78,7 @@ def attack_rows(attacks: dict[str, dict[str, Any]], strongest: str | None) -> li
             tprs.append(
                 {
                     "text": fmt_num(value),
+                    "ci": _tpr_ci(e, key) if value is not None else None,
                     "note": None if value is not None else _tpr_note(notes, key),
                 }
             )
@@ -205,6 +136,7 @@ def defense_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     "auc": fmt_num(e.get("auc")),
                     "ci": fmt_ci(e.get("auc_ci95")),
                     "tpr1": fmt_num((e.get("tpr_at_fpr") or {}).get("0.01")),
+                    "tpr1_ci": _tpr_ci(e, "0.01"),
                     "advantage": fmt_num(e.get("advantage")),
                     "delta": "n/a" if delta is None else f"{delta:+.3f}",
                 }
