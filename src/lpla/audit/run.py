@@ -30,9 +30,13 @@ from lpla.pipeline.attacking import run_attacks, run_defended
 from lpla.pipeline.querying import plan_checkpoint, query_encoders
 from lpla.pipeline.stages import StageCache
 from lpla.pipeline.writing import write_run
-from lpla.ssl.checkpoint import Checkpoint
+from lpla.ssl.checkpoint import SPLIT_FILE, Checkpoint
 
-__all__ = ["encoder_dir", "run_audit", "target_split"]
+__all__ = ["SHADOW_SPLIT_FILE", "encoder_dir", "run_audit", "target_split"]
+
+# The run directory holds the audit's split as a checkpoint does (SPLIT_FILE), and the shadow's
+# own split when the shadow trains on other data.
+SHADOW_SPLIT_FILE = "shadow_split.json"
 
 
 @dataclasses.dataclass
@@ -72,7 +76,7 @@ def target_split(cfg: AuditConfig) -> MembershipSplit:
 
 def _split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: StageCache) -> Splits:
     """One seeded split for target and shadow; a second one when the shadow's data differs."""
-    t_path, s_path = out / "split.json", out / "shadow_split.json"
+    t_path, s_path = out / SPLIT_FILE, out / SHADOW_SPLIT_FILE
     other = sh.dataset is not None and sh.dataset != cfg.dataset
     key = {
         "dataset": cfg.dataset,
@@ -115,7 +119,7 @@ def _train_stage(
     from lpla.ssl.train import TrainConfig, train_encoder
 
     split = splits.target if role == "target" else splits.shadow
-    split_file = out / ("split.json" if split is splits.target else "shadow_split.json")
+    split_file = out / (SPLIT_FILE if split is splits.target else SHADOW_SPLIT_FILE)
     ckpt = encoder_dir(cfg, out, role)
     if role == "target" and cfg.target_dir:
         theirs = ckpt.split()

@@ -237,6 +237,7 @@ def run_attacks(
             seed=settings.seed,
         )
         entry["params"] = _public_params(attack)
+        entry["fitted"] = attack.fitted_params()
         results[name] = entry
     auc_vs_k = _auc_vs_views(names, t_in, sh_inputs, settings, k, labels, evaluated)
     out = {"attacks": results, "auc_vs_views": auc_vs_k, "notes": notes, "views": k}
@@ -313,11 +314,13 @@ def run_defended(
     from lpla.defenses import create_defense
 
     encoders = [target, *shadows]
+    # each encoder serves its own noise (a seed of its own): noise shared between the target and
+    # a baseline encoder would cancel in per-image comparisons and flatter the defense's cost
     fitted = {
-        a.name: create_defense(spec).fit(
+        a.name: create_defense(spec, seed=i).fit(
             np.asarray((a.reference or a.candidates).embeddings, np.float32)
         )
-        for a in encoders
+        for i, a in enumerate(encoders)
     }
     partner = (
         {target.name: shadows[0].name, shadows[0].name: target.name} if len(shadows) == 1 else {}
