@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -228,3 +229,226 @@ def test_lpla_checkpoint_directory(tmp_path) -> None:
         proj = load_any_encoder(str(tmp_path / "run"), layer="projection")
         torch.testing.assert_close(proj.module(x), model.project(x))
     assert proj.layer == "projection" and proj.output_dim == model.project(x).shape[1]
+
+
+# ------------------------------------------------------------------ timm / torchvision kinds
+
+
+def _reference(model: nn.Module, x: torch.Tensor, mean, std) -> torch.Tensor:
+    """What an ImageNet-style model computes on grey [0, 1] images: RGB, then (x - mean) / std."""
+    rgb = x.expand(-1, 3, -1, -1)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model.eval()((rgb - m) / s)
+
+
+def test_timm_model_with_safetensors_weights(tmp_path) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(3)
+    trained = timm.create_model("test_resnet", pretrained=False, num_classes=0).eval()
+    save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
+    enc = load_any_encoder("timm:test_resnet", weights=str(tmp_path / "w.safetensors"))
+    assert enc.kind == "timm" and enc.meta["weights"] == str((tmp_path / "w.safetensors").resolve())
+    # the model's own mean/std (timm's pretrained_cfg: 0.5 for test_resnet), grey repeated
+    assert enc.meta["normalize"] == {
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "source": "timm pretrained_cfg",
+    }
+    assert enc.meta["input_channels"] == 3 and "warning" not in enc.meta
+    x = torch.rand(3, 1, 24, 24)
+    with torch.no_grad():
+        out = enc.module(x)
+    assert out.shape == (3, trained.num_features)  # pooled features, no classifier
+    torch.testing.assert_close(out, _reference(trained, x, [0.5] * 3, [0.5] * 3))
+    # --normalize imagenet / none are honoured and recorded
+    plain = load_any_encoder("timm:test_resnet", str(tmp_path / "w.safetensors"), normalize="none")
+    assert plain.meta["normalize"] is None
+    with torch.no_grad():
+        torch.testing.assert_close(plain.module(x), trained(x.expand(-1, 3, -1, -1)))
+
+
+def test_timm_classifier_weights_are_accepted_and_mismatches_named(tmp_path) -> None:
+    timm = pytest.importorskip("timm")
+    full = timm.create_model("test_resnet", pretrained=False, num_classes=7)
+    save_file(full.state_dict(), str(tmp_path / "full.safetensors"))
+    enc = load_any_encoder("timm:test_resnet", weights=str(tmp_path / "full.safetensors"))
+    assert enc.meta["skipped_head_keys"] == ["fc.bias", "fc.weight"]
+    state = dict(full.state_dict())
+    del state["fc.weight"], state["fc.bias"]
+    missing = next(iter(state))
+    del state[missing]
+    save_file(state, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(LplaError, match=rf"1 missing keys \['{re.escape(missing)}'\]"):
+        load_any_encoder("timm:test_resnet", weights=str(tmp_path / "missing.safetensors"))
+    prefixed = {f"backbone.{k}": v for k, v in full.state_dict().items()}
+    save_file(prefixed, str(tmp_path / "prefixed.safetensors"))
+    with pytest.raises(
+        LplaError, match=r"keys start with 'backbone\.'.*model\.backbone\.state_dict"
+    ):
+        load_any_encoder("timm:test_resnet", weights=str(tmp_path / "prefixed.safetensors"))
+
+
+def test_torchvision_resnet18_head_removed_and_random_init_noted(tmp_path) -> None:
+    tvm = pytest.importorskip("torchvision.models")
+    torch.manual_seed(4)
+    classifier = tvm.resnet18(weights=None, num_classes=10).eval()
+    save_file(classifier.state_dict(), str(tmp_path / "r18.safetensors"))
+    enc = load_any_encoder("torchvision:resnet18", weights=str(tmp_path / "r18.safetensors"))
+    assert enc.kind == "torchvision" and enc.meta["classifier_removed"] == ["fc"]
+    assert enc.meta["skipped_head_keys"] == ["fc.bias", "fc.weight"]
+    assert enc.meta["normalize"]["source"] == "imagenet"
+    x = torch.rand(2, 1, 32, 32)
+    classifier.fc = nn.Identity()
+    from lpla.encoders import IMAGENET_MEAN, IMAGENET_STD
+
+    with torch.no_grad():
+        out = enc.module(x)
+    assert out.shape == (2, 512)
+    torch.testing.assert_close(out, _reference(classifier, x, IMAGENET_MEAN, IMAGENET_STD))
+    random = load_any_encoder("torchvision:resnet18", image_shape=(3, 32, 32))
+    assert random.meta["weights"] is None and "randomly initialised" in random.meta["warning"]
+    assert random.output_dim == 512
+
+
+def test_remove_classifier_covers_torchvision_head_layouts() -> None:
+    from lpla.encoders import remove_classifier
+
+    cases = {
+        "vgg-like": (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), "classifier.2"),
+        "vit-like": (nn.Sequential(nn.Linear(4, 2)), "heads.0"),
+        "squeezenet-like": (nn.Sequential(nn.Dropout(), nn.Conv2d(4, 2, 1)), "classifier.1"),
+    }
+    for name, (head, prefix) in cases.items():
+        model = nn.Module()
+        setattr(model, prefix.split(".")[0], head)
+        assert remove_classifier(model) == prefix, name
+    with pytest.raises(LplaError, match="cannot find the classification layer"):
+        remove_classifier(nn.Sequential(nn.ReLU()))
+
+
+def test_library_spec_errors() -> None:
+    pytest.importorskip("timm")
+    with pytest.raises(LplaError, match=r"timm has no model 'resnet_nope'"):
+        load_any_encoder("timm:resnet_nope")
+    with pytest.raises(
+        LplaError, match=r"torchvision has no model 'resnet19'; did you mean .*resnet18"
+    ):
+        load_any_encoder("torchvision:resnet19")
+    with pytest.raises(LplaError, match=r"cannot read --normalize 'imagenett'"):
+        load_any_encoder("torchvision:resnet18", normalize="imagenett")
+    with pytest.raises(LplaError, match=r"as many means as stds"):
+        load_any_encoder("torchvision:resnet18", normalize="0.5,0.5/0.2")
+
+
+def test_normalize_option_for_exported_models(trained, tmp_path) -> None:
+    path = _export(trained, tmp_path / "enc.pt2")
+    enc = load_any_encoder(str(path), normalize="0.25/0.5", image_shape=SHAPE)
+    assert enc.meta["normalize"] == {"mean": [0.25], "std": [0.5], "source": "user"}
+    x = torch.rand(2, *SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.module(x), trained((x - 0.25) / 0.5))
+    assert "normalize" not in load_any_encoder(str(path)).meta  # default: none for exports
+
+
+# ------------------------------------------------------------ exported programs and file hints
+
+
+class _BatchNormEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.bn(self.conv(x))).mean(dim=(2, 3))
+
+
+def test_exported_module_accepts_eval_and_train(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = _BatchNormEncoder().eval()
+    model.bn.running_mean.fill_(0.3)
+    enc = load_any_encoder(str(_export(model, tmp_path / "bn.pt2")), image_shape=SHAPE)
+    assert enc.module.eval() is enc.module and enc.module.train() is enc.module  # no raise
+    enc.module.eval()
+    x = torch.rand(5, *SHAPE)
+    with torch.no_grad():  # still the eval-mode graph: running statistics, no dropout
+        torch.testing.assert_close(enc.module(x), model(x))
+        torch.testing.assert_close(enc.module(x[:1]), model(x[:1]))
+    pooled = load_any_encoder(str(tmp_path / "bn.pt2"), pool="avg", normalize="0.5/0.5")
+    pooled.module.train().eval()  # wrappers propagate to children: still fine
+
+
+def test_training_mode_export_is_refused(tmp_path) -> None:
+    path = _export(_BatchNormEncoder().train(), tmp_path / "train.pt2")
+    with pytest.raises(
+        LplaError, match=r"exported in training mode \(batch_norm, dropout.*eval\(\)"
+    ):
+        load_any_encoder(str(path))
+
+
+def test_files_are_recognised_by_content(trained, tmp_path) -> None:
+    from lpla.encoders import sniff_encoder_file
+
+    export_pt = _export(trained, tmp_path / "model.pt")  # torch.export.save to a .pt name
+    assert sniff_encoder_file(export_pt) == "export" and detect_kind(str(export_pt)) == "export"
+    assert load_any_encoder(str(export_pt), image_shape=SHAPE).output_dim == 8
+    ctx = _no_jit_warnings()
+    try:
+        torch.jit.save(torch.jit.script(trained), str(tmp_path / "script.pt2"))
+    finally:
+        ctx.__exit__(None, None, None)
+    assert detect_kind(str(tmp_path / "script.pt2")) == "torchscript"
+    torch.save(trained.state_dict(), tmp_path / "sd.pth")
+    save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
+    assert sniff_encoder_file(tmp_path / "sd.pth") == "pickle"
+    assert sniff_encoder_file(tmp_path / "w.safetensors") == "safetensors"
+    assert sniff_encoder_file(tmp_path) is None
+
+
+def test_encoder_file_hint(trained, tmp_path) -> None:
+    from lpla.encoders import encoder_file_hint
+
+    pt2 = _export(trained, tmp_path / "model.pt2")
+    hint = encoder_file_hint(pt2)
+    assert hint == (
+        f"{pt2} is a torch.export file, not an lpla checkpoint directory; pass it with "
+        f"--encoder (lpla audit --encoder {pt2} --members ... --nonmembers ...)"
+    )
+    assert encoder_file_hint(pt2 / "checkpoint.json") == hint  # the path an error message names
+    with pytest.raises(LplaError) as err:  # a checkpoint was asked for, a file was given
+        load_any_encoder(str(pt2), kind="checkpoint")
+    assert str(err.value) == hint
+    ctx = _no_jit_warnings()
+    try:
+        torch.jit.save(torch.jit.script(trained), str(tmp_path / "s.pt"))
+    finally:
+        ctx.__exit__(None, None, None)
+    assert "is a TorchScript file" in (encoder_file_hint(tmp_path / "s.pt") or "")
+    save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
+    assert "--encoder package.module:factory --weights" in (
+        encoder_file_hint(tmp_path / "w.safetensors") or ""
+    )
+    torch.save(trained, tmp_path / "full.pt")
+    assert "pickled torch.save file, which lpla never loads" in (
+        encoder_file_hint(tmp_path / "full.pt") or ""
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.json").write_text("{}")
+    save_file(trained.state_dict(), str(run / "model.safetensors"))
+    for inside in (run / "model.safetensors", run / "checkpoint.json"):
+        assert (
+            encoder_file_hint(inside)
+            == f"{inside} is part of an lpla checkpoint; pass its directory {run}"
+        )
+    with pytest.raises(LplaError, match=r"part of an lpla checkpoint; pass its directory"):
+        load_any_encoder(str(run / "model.safetensors"))
+    assert encoder_file_hint(run) is None and encoder_file_hint(tmp_path / "nope.pt2") is None
+
+
+def test_library_kinds_are_detected_unambiguously() -> None:
+    for spec, kind in {"timm:resnet10t": "timm", "torchvision:resnet18": "torchvision"}.items():
+        assert detect_kind(spec) == kind
+        assert [k for k in ENCODER_KINDS if ENCODER_KINDS.get(k).matches(spec)] == [kind]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +77,41 @@ def test_untrained_encoder_and_shape_mismatch(tiny_dataset) -> None:
     other = ArrayDataset(np.zeros((4, 1, 8, 8), np.uint8), np.arange(4), name="x", split="test")
     with pytest.raises(LplaError, match=r"differ in shape"):
         evaluate_utility(enc, tiny_dataset, other)
+
+
+def test_every_encoder_kind_goes_through_evaluate_utility(tiny_dataset, tmp_path) -> None:
+    """``.eval()`` on a torch.export module used to raise NotImplementedError here."""
+    import sys
+
+    from lpla.encoders import load_any_encoder
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures_user_model import TinyEncoder
+
+    torch.manual_seed(0)
+    model = TinyEncoder().eval()
+    program = torch.export.export(
+        model, (torch.rand(4, 1, 12, 12),), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}
+    )
+    torch.export.save(program, tmp_path / "enc.pt2")
+    specs = [str(tmp_path / "enc.pt2"), "fixtures_user_model:tiny_encoder", "torchvision:resnet18"]
+    for spec in specs:
+        enc = load_any_encoder(spec)
+        result = evaluate_utility(
+            enc.module, tiny_dataset, tiny_dataset, train_limit=32, test_limit=16, ks=(5,)
+        )
+        assert 0.0 <= result["linear_probe_acc"] <= 1.0, spec
+    exported = evaluate_utility(
+        load_any_encoder(str(tmp_path / "enc.pt2")).module, tiny_dataset, tiny_dataset, ks=(5,)
+    )
+    eager = evaluate_utility(model, tiny_dataset, tiny_dataset, ks=(5,))
+    assert exported["knn_acc"] == eager["knn_acc"]
+    assert exported["linear_probe_acc"] == eager["linear_probe_acc"]
+
+
+def test_unlabelled_images_are_refused(tiny_dataset) -> None:
+    unlabelled = ArrayDataset(
+        tiny_dataset.images, np.full(64, -1), name="mine", split="members", num_classes=0
+    )
+    with pytest.raises(LplaError, match=r"mine/members has images without a class label"):
+        evaluate_utility(torch.nn.Flatten(), unlabelled, tiny_dataset)

@@ -8,21 +8,31 @@ Supported kinds (detected from the spec; the tests keep the detectors mutually e
   ``torch.jit.save`` (checked to *be* TorchScript before loading: a pickled ``torch.save``
   checkpoint is refused, since unpickling runs arbitrary code);
 - ``factory``: ``package.module:factory``, a function called with no arguments that returns an
-  ``nn.Module``; weights come from ``--weights file.safetensors`` (strict key match).
+  ``nn.Module``; weights come from ``--weights file.safetensors`` (strict key match);
+- ``timm``: ``timm:NAME``, ``timm.create_model(NAME, pretrained=False, num_classes=0)`` (pooled
+  features, nothing downloaded) + ``--weights file.safetensors``;
+- ``torchvision``: ``torchvision:NAME``, ``torchvision.models.get_model(NAME, weights=None)`` with
+  its classification layer replaced by ``Identity`` + ``--weights file.safetensors``.
 
-Every encoder follows one convention: input float32 ``[B, C, H, W]`` in ``[0, 1]`` (normalisation
-is inside the model), output ``[B, D]``. A probe forward on a dummy batch checks it when the image
-shape is known, so a wrong model fails at load time with a clear message, not deep in a run.
+Files are recognised by their content first (a torch.export archive saved as ``model.pt`` is still
+an export) and by their suffix second. Every encoder follows one convention: input float32
+``[B, C, H, W]`` in ``[0, 1]``, output ``[B, D]``. Normalisation is inside the model, except for
+timm/torchvision models, which expect normalised RGB: :class:`ImageInput` repeats grey images to
+3 channels and applies the model's mean/std (``normalize``). A probe forward on a dummy batch
+checks the convention when the image shape is known, so a wrong model fails at load time with a
+clear message, not deep in a run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +49,11 @@ LAYERS = ("backbone", "projection")
 POOLS = ("avg", "flatten", "cls")
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_LIBRARY_RE = re.compile(r"^(timm|torchvision):([\w.-]+)$")
+WEIGHTED_KINDS = ("factory", "timm", "torchvision")  # architectures that take --weights
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Normalization = tuple[tuple[float, ...], tuple[float, ...], str]  # mean, std, where from
 
 
 @dataclass
@@ -53,6 +68,9 @@ class LoadedEncoder:
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) it expects, when known
     layer: str = "backbone"
     output_dim: int | None = None  # set by the probe
+    # what a timm/torchvision loader knows its model expects: channels and mean/std (see ImageInput)
+    input_channels: int | None = None
+    default_normalization: Normalization | None = None
 
 
 @dataclass(frozen=True)
@@ -75,29 +93,54 @@ def load_any_encoder(
     kind: str | None = None,
     image_shape: tuple[int, int, int] | None = None,
     pool: str | None = None,
+    normalize: str | None = None,
 ) -> LoadedEncoder:
     """Load the encoder named by ``spec`` in eval mode on ``device`` and probe it.
 
     ``kind`` forces a kind instead of detecting it. ``image_shape`` (C, H, W) overrides the one
     known from the encoder's metadata; without either, the probe waits for the dataset
     (:func:`probe_encoder`). ``pool`` (avg | flatten | cls) turns a feature-map output into [B, D].
+    ``normalize`` (see :func:`parse_normalize`) is applied to the [0, 1] input before the model:
+    by default the model's own mean/std for timm/torchvision, nothing for the others (whose
+    normalisation belongs inside the model). The choice is recorded in ``meta["normalize"]``.
     """
     if layer not in LAYERS:
         raise LplaError(f"unknown layer {layer!r}; use one of {', '.join(LAYERS)}")
     if pool is not None and pool not in POOLS:
         raise LplaError(f"unknown pool {pool!r}; use one of {', '.join(POOLS)}")
+    if kind is not None and kind in ENCODER_KINDS and not ENCODER_KINDS.get(kind).matches(spec):
+        hint = encoder_file_hint(spec)
+        if hint is not None:  # e.g. model.pt2 where a checkpoint directory was asked for
+            raise LplaError(hint)
     kind = kind or detect_kind(spec)
-    if weights is not None and kind != "factory":
+    if weights is not None and kind not in WEIGHTED_KINDS:
         raise LplaError(
-            f"--weights applies only to module:factory encoders; {spec} ({kind}) holds its own"
+            "--weights applies only to module:factory, timm:NAME and torchvision:NAME encoders; "
+            f"{spec} ({kind}) holds its own"
         )
     if layer != "backbone" and kind != "checkpoint":
         raise LplaError(
             f"--layer {layer} applies only to lpla checkpoints; a {kind} encoder is used as "
             "exported (export the layer you want to audit)"
         )
+    if normalize is not None and kind == "checkpoint" and normalize != "auto":
+        raise LplaError(
+            "--normalize does not apply to lpla checkpoints (they normalise inside the model)"
+        )
+    requested = parse_normalize(normalize)  # before loading: a typo should not cost a build
     enc = ENCODER_KINDS.get(kind).load(spec, weights, device, layer)
     enc.layer = layer
+    stats = enc.default_normalization if isinstance(requested, str) else requested  # "auto"
+    if stats is not None or enc.input_channels is not None:
+        mean, std = (stats[0], stats[1]) if stats is not None else (None, None)
+        channels = enc.input_channels or (len(mean) if mean is not None else None)
+        enc.module = ImageInput(enc.module, channels, mean, std).to(device)
+        enc.meta["normalize"] = (
+            None
+            if stats is None
+            else {"mean": list(stats[0]), "std": list(stats[1]), "source": stats[2]}
+        )
+        enc.meta["input_channels"] = channels
     if pool is not None:
         enc.module = PooledEncoder(enc.module, pool)
         enc.meta["pool"] = pool
@@ -116,21 +159,91 @@ def detect_kind(spec: str) -> str:
     path = Path(spec)
     if path.is_dir():
         raise LplaError(f"directory {spec} is not an lpla checkpoint (no checkpoint.json in it)")
-    if path.suffix == ".safetensors":
-        raise LplaError(
-            f"{spec} holds weights without an architecture",
-            hint="give --encoder package.module:factory --weights " + spec,
-        )
+    hint = encoder_file_hint(spec)
+    if hint is not None:  # a weights file, a checkpoint's own files, a pickle
+        raise LplaError(hint)
     if path.exists():
         raise LplaError(
             f"cannot tell what kind of encoder {spec} is (suffix {path.suffix!r})",
             hint="use a .pt2 (torch.export), a TorchScript .pt, an lpla checkpoint directory, "
-            "or package.module:factory",
+            "package.module:factory, timm:NAME or torchvision:NAME",
         )
     raise LplaError(
         f"encoder {spec!r} not found; give an lpla checkpoint directory, a .pt2 "
-        "(torch.export), a TorchScript .pt, or package.module:factory"
+        "(torch.export), a TorchScript .pt, package.module:factory, timm:NAME or torchvision:NAME"
     )
+
+
+def sniff_encoder_file(path: str | Path) -> str | None:
+    """What a file holds, read from its first bytes / zip listing, never by loading it.
+
+    ``export`` (torch.export archive), ``torchscript``, ``pickle`` (a ``torch.save`` zip or a
+    legacy pickle), ``safetensors``, or None (not a file, or none of these). Users name files
+    freely (``torch.export.save(ep, "model.pt")`` is common), so the content decides the kind.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    names = _zip_names(p)
+    if names:
+        if any(n.rsplit("/", 1)[-1] == "archive_format" for n in names):
+            return "export"
+        if is_torchscript_archive(p):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "pickle"
+        return None
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return None
+    if head[:1] == b"\x80":  # pickle protocol >= 2 (legacy torch.save)
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
+        size = struct.unpack("<Q", head[:8])[0]
+        if 0 < size <= p.stat().st_size - 8:
+            return "safetensors"
+    return None
+
+
+def encoder_file_hint(path: str | Path) -> str | None:
+    """One line for a user who gave an encoder *file* where a checkpoint directory is expected.
+
+    Messages such as ``checkpoint metadata not found: model.pt2/checkpoint.json`` are accurate
+    but unhelpful; callers that expect an lpla checkpoint directory call this with the path they
+    were given (or that ``.../checkpoint.json`` path) and show the hint instead. None when
+    ``path`` is not a file lpla recognises (a directory, a missing path, an unknown file).
+    """
+    p = Path(path)
+    if p.name == "checkpoint.json" and p.parent.is_file():
+        p = p.parent
+    if not p.is_file():
+        return None
+    given = str(p)
+    usage = f"pass it with --encoder (lpla audit --encoder {given} --members ... --nonmembers ...)"
+    if p.name == "checkpoint.json":
+        return f"{given} is part of an lpla checkpoint; pass its directory {p.parent}"
+    content = sniff_encoder_file(p)
+    if content == "export":
+        return f"{given} is a torch.export file, not an lpla checkpoint directory; {usage}"
+    if content == "torchscript":
+        return f"{given} is a TorchScript file, not an lpla checkpoint directory; {usage}"
+    if content == "safetensors" or p.suffix == ".safetensors":
+        if (p.parent / "checkpoint.json").is_file():
+            return f"{given} is part of an lpla checkpoint; pass its directory {p.parent}"
+        return (
+            f"{given} holds weights without an architecture, not an lpla checkpoint directory; "
+            f"pass --encoder package.module:factory --weights {given} (or --encoder timm:NAME "
+            "or torchvision:NAME with the same --weights)"
+        )
+    if content == "pickle":
+        return (
+            f"{given} is a pickled torch.save file, which lpla never loads (unpickling runs "
+            "code); save the encoder with torch.export.save (or its state_dict as .safetensors "
+            "for --encoder module:factory --weights) and pass that with --encoder"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------------- the probe
@@ -173,7 +286,8 @@ def probe_encoder(
         raise LplaError(
             f"encoder {label} failed on a dummy batch of shape {tuple(x.shape)} in [0, 1]: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            hint="check --image-shape; a torch.export model needs a dynamic batch dimension "
+            hint="check the image size (--image-shape C,H,W or --image-size N); a torch.export "
+            "model needs a dynamic batch dimension "
             "(dynamic_shapes={'x': {0: torch.export.Dim('batch')}})",
         ) from None
     if not isinstance(out, torch.Tensor):
@@ -212,6 +326,75 @@ def _one_line(exc: BaseException) -> str:
     """The first line of an exception's message: library errors can span a screen."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ImageInput(nn.Module):
+    """Adapt lpla's [0, 1] images to a model trained on normalised (RGB) input.
+
+    Grey images ([B, 1, H, W]) into a model with ``channels`` = 3 are repeated to 3 channels
+    (what a grey photo is in RGB); then ``(x - mean) / std`` per channel when ``mean`` is given.
+    The statistics are non-persistent buffers: the state dict (and fingerprint) stays the
+    model's weights.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        channels: int | None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.channels = channels
+        self.normalized = mean is not None
+        shape = (1, -1, 1, 1)
+        self.register_buffer("mean", torch.tensor(mean or (0.0,)).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(std or (1.0,)).view(shape), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels is not None and x.shape[1] == 1 and self.channels != 1:
+            x = x.expand(-1, self.channels, -1, -1)
+        if self.normalized:
+            x = (x - self.mean) / self.std
+        return self.model(x)
+
+
+class ExportedEncoder(nn.Module):
+    """The module of a torch.export program, safe to ``.eval()``/``.train()``.
+
+    ``ExportedProgram.module()`` raises ``NotImplementedError`` on ``train()``/``eval()`` (torch
+    2.14), which broke every caller that puts an encoder in eval mode (``lpla utility``, the query
+    engine). Its graph is frozen in the mode it was exported in, checked at load to be eval mode,
+    so here ``train()``/``eval()`` only flip this wrapper's flag and never reach the program.
+    """
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> ExportedEncoder:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)  # type: ignore[no-any-return]
+
+
+def _training_mode_ops(graph_module: nn.Module) -> list[str]:
+    """BatchNorm/Dropout nodes exported with ``training=True`` (batch statistics, random masks)."""
+    graph = getattr(graph_module, "graph", None)
+    found = []
+    for node in getattr(graph, "nodes", ()):
+        target, args = str(getattr(node, "target", "")), tuple(getattr(node, "args", ()))
+        if (target.startswith("aten.batch_norm.") and len(args) > 5 and args[5] is True) or (
+            target.startswith("aten.dropout.") and len(args) > 2 and args[2] is True
+        ):
+            found.append(target.split(".")[1])
+    return found
 
 
 def _eval(module: nn.Module) -> nn.Module:
@@ -264,8 +447,23 @@ def _zip_names(path: Path) -> list[str]:
         return zf.namelist()
 
 
+def _file_kind(spec: str) -> str | None:
+    """export | torchscript for an encoder file: its content first, its suffix second."""
+    path = Path(spec)
+    content = sniff_encoder_file(path)
+    if content in ("export", "torchscript"):
+        return content
+    if not path.is_file():
+        return None
+    if path.suffix == ".pt2":
+        return "export"  # not an archive: its loader says so
+    if path.suffix in TORCHSCRIPT_SUFFIXES:
+        return "torchscript"  # a torch.save pickle: its loader refuses it
+    return None
+
+
 def _is_export(spec: str) -> bool:
-    return spec.endswith(".pt2") and Path(spec).is_file()
+    return _file_kind(spec) == "export"
 
 
 def _load_export(spec: str, weights: str | None, device: str, layer: str) -> LoadedEncoder:
@@ -288,8 +486,15 @@ def _load_export(spec: str, weights: str | None, device: str, layer: str) -> Loa
     except Exception as exc:
         raise LplaError(f"cannot load {spec} with torch.export.load: {_one_line(exc)}") from None
     module = program.module().to(device)
+    training_ops = _training_mode_ops(module)
+    if training_ops:
+        raise LplaError(
+            f"{spec} was exported in training mode ({', '.join(sorted(set(training_ops)))} with "
+            "training=True: embeddings would depend on the batch or be random)",
+            hint="call model.eval() before torch.export.export",
+        )
     return LoadedEncoder(
-        module=_eval(module),
+        module=ExportedEncoder(module),
         name=Path(spec).name,
         kind="export",
         meta={"path": str(Path(spec).resolve())},
@@ -421,7 +626,7 @@ def _torch_load_weights_only() -> Iterator[None]:
 
 
 def _is_torchscript_path(spec: str) -> bool:
-    return Path(spec).suffix in TORCHSCRIPT_SUFFIXES and Path(spec).is_file()
+    return _file_kind(spec) == "torchscript"
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
@@ -452,7 +657,7 @@ def _load_torchscript(spec: str, weights: str | None, device: str, layer: str) -
 
 
 def _is_factory(spec: str) -> bool:
-    return bool(_FACTORY_RE.match(spec)) and not Path(spec).exists()
+    return bool(_FACTORY_RE.match(spec)) and not _LIBRARY_RE.match(spec) and not Path(spec).exists()
 
 
 def _load_factory(spec: str, weights: str | None, device: str, layer: str) -> LoadedEncoder:
@@ -486,7 +691,14 @@ def _load_factory(spec: str, weights: str | None, device: str, layer: str) -> Lo
     )
 
 
-def _load_safetensors_strict(model: nn.Module, weights: str, spec: str) -> None:
+def _load_safetensors_strict(
+    model: nn.Module, weights: str, spec: str, head_prefixes: tuple[str, ...] = ()
+) -> list[str]:
+    """Load ``weights`` into ``model`` with every key and shape matching; say which do not.
+
+    Keys under ``head_prefixes`` (the classification layer a timm/torchvision loader removed)
+    may be in the file, as they are in a classifier's state dict: they are skipped and returned.
+    """
     path = Path(weights)
     if not path.is_file():
         raise LplaError(f"weights file not found: {weights}")
@@ -503,13 +715,19 @@ def _load_safetensors_strict(model: nn.Module, weights: str, spec: str) -> None:
     except (SafetensorError, OSError) as exc:
         raise LplaError(f"{weights} is not a readable safetensors file: {exc}") from None
     expected = model.state_dict()
+    skipped = sorted(
+        k for k in state if k not in expected and any(k.startswith(h + ".") for h in head_prefixes)
+    )
+    for k in skipped:
+        del state[k]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise LplaError(
             f"{weights} does not fit {spec}: {len(missing)} missing keys {missing[:4]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:4]}",
-            hint="save the weights of the model the factory builds (model.state_dict())",
+            hint=_prefix_hint(unexpected, expected)
+            or "save the weights of the model the spec builds (model.state_dict())",
         )
     wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
     if wrong:
@@ -519,6 +737,166 @@ def _load_safetensors_strict(model: nn.Module, weights: str, spec: str) -> None:
             f"{tuple(state[k].shape)} vs {tuple(expected[k].shape)} in the model"
         )
     model.load_state_dict(state, strict=True)
+    return skipped
+
+
+def _prefix_hint(unexpected: list[str], expected: Any) -> str | None:
+    """'the file's keys start with backbone.': the usual cause of a full mismatch."""
+    if not unexpected or "." not in unexpected[0]:
+        return None
+    prefix = unexpected[0].split(".", 1)[0] + "."
+    stripped = {k[len(prefix) :] for k in unexpected if k.startswith(prefix)}
+    if stripped and set(expected) <= stripped:
+        return (
+            f"the file's keys start with {prefix!r}: save that sub-module's state_dict "
+            f"(e.g. model.{prefix[:-1]}.state_dict())"
+        )
+    return None
+
+
+# ------------------------------------------------------------- timm / torchvision architectures
+
+
+def _is_library(library: str) -> Callable[[str], bool]:
+    def matches(spec: str) -> bool:
+        m = _LIBRARY_RE.match(spec)
+        return m is not None and m.group(1) == library and not Path(spec).exists()
+
+    return matches
+
+
+def _unknown_model(library: str, name: str, known: list[str]) -> LplaError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return LplaError(
+        f"{library} has no model {name!r}"
+        + (f"; did you mean {', '.join(close)}?" if close else "")
+        + f" (list them with {library}.list_models())"
+    )
+
+
+def _library_encoder(
+    spec: str,
+    model: nn.Module,
+    weights: str | None,
+    device: str,
+    head_prefixes: tuple[str, ...],
+    normalization: Normalization,
+    input_size: Any,
+) -> LoadedEncoder:
+    """Weights, meta and eval mode shared by timm:NAME and torchvision:NAME."""
+    kind = spec.split(":", 1)[0]
+    meta: dict[str, Any] = {
+        "architecture": spec,
+        "weights": None,
+        "classifier_removed": list(head_prefixes),
+    }
+    if input_size is not None:
+        meta["input_size"] = [int(s) for s in input_size]
+    if weights is None:
+        meta["warning"] = (
+            f"no --weights: {spec} is randomly initialised (nothing is downloaded); its audit "
+            "describes an untrained network, not your encoder"
+        )
+    else:
+        skipped = _load_safetensors_strict(model, weights, spec, head_prefixes)
+        meta["weights"] = str(Path(weights).resolve())
+        if skipped:
+            meta["skipped_head_keys"] = skipped
+    return LoadedEncoder(
+        module=_eval(model.to(device)),
+        name=spec,
+        kind=kind,
+        meta=meta,
+        input_channels=3,
+        default_normalization=normalization,
+    )
+
+
+def _load_timm(spec: str, weights: str | None, device: str, layer: str) -> LoadedEncoder:
+    name = spec.split(":", 1)[1]
+    try:
+        import timm
+    except ImportError:
+        raise LplaError(f"{spec} needs timm: pip install timm") from None
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise _unknown_model("timm", name, timm.list_models()) from None
+        raise LplaError(f"cannot build {spec}: {_one_line(exc)}") from None
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    classifier = cfg.get("classifier") or "head"
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is not None and std is not None:
+        normalization = (tuple(mean), tuple(std), "timm pretrained_cfg")
+    else:
+        normalization = (IMAGENET_MEAN, IMAGENET_STD, "imagenet")
+    return _library_encoder(
+        spec, model, weights, device, heads, normalization, cfg.get("input_size")
+    )
+
+
+def remove_classifier(model: nn.Module) -> str:
+    """Replace a torchvision classifier's last linear (or 1x1 conv) layer by ``Identity``.
+
+    Returns the state-dict prefix of the removed layer (``fc``, ``classifier.6``,
+    ``heads.head``...). What stays is the model's pooled penultimate representation: ResNet's
+    pooled features, ViT's class token, ConvNeXt's normalised pooled features, VGG's fc7.
+    """
+    for attr in ("fc", "classifier", "heads", "head"):
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Linear):
+            setattr(model, attr, nn.Identity())
+            return attr
+        if isinstance(head, nn.Sequential):
+            names = [n for n, m in head.named_children() if isinstance(m, nn.Linear | nn.Conv2d)]
+            if names:
+                setattr(head, names[-1], nn.Identity())
+                return f"{attr}.{names[-1]}"
+    raise LplaError(
+        f"cannot find the classification layer of {type(model).__name__} (no fc, classifier, "
+        "heads or head)",
+        hint="wrap the model in a package.module:factory that returns [B, D] features",
+    )
+
+
+def _load_torchvision(spec: str, weights: str | None, device: str, layer: str) -> LoadedEncoder:
+    import torchvision.models as tvm
+
+    name = spec.split(":", 1)[1]
+    known = tvm.list_models(module=tvm)  # classification models only
+    if name not in known:
+        raise _unknown_model("torchvision", name, known)
+    model = tvm.get_model(name, weights=None)
+    head = remove_classifier(model)
+    normalization = (IMAGENET_MEAN, IMAGENET_STD, "imagenet")
+    return _library_encoder(spec, model, weights, device, (head,), normalization, None)
+
+
+def parse_normalize(value: str | None) -> Normalization | str | None:
+    """``--normalize``: ``auto`` (None; the kind's default), ``imagenet``, ``none``, or
+    ``MEAN/STD`` with comma-separated per-channel values (``0.5,0.5,0.5/0.5,0.5,0.5``).
+
+    Returns ``"auto"``, None for no normalisation, or ``(mean, std, source)``.
+    """
+    if value is None or value == "auto":
+        return "auto"
+    if value == "none":
+        return None
+    if value == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD, "imagenet"
+    usage = "use auto, imagenet, none or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25"
+    parts = value.split("/")
+    try:
+        mean, std = (tuple(float(v) for v in part.split(",")) for part in parts)
+    except ValueError:
+        raise LplaError(f"cannot read --normalize {value!r}; {usage}") from None
+    if len(mean) != len(std) or len(mean) not in (1, 3) or min(std) <= 0:
+        raise LplaError(
+            f"--normalize {value!r} needs as many means as stds (1 or 3) and stds > 0; {usage}"
+        )
+    return mean, std, "user"
 
 
 ENCODER_KINDS.add(
@@ -538,6 +916,16 @@ ENCODER_KINDS.add(
     "factory",
     EncoderKind(_is_factory, _load_factory),
     "package.module:factory returning an nn.Module, + --weights .safetensors",
+)
+ENCODER_KINDS.add(
+    "timm",
+    EncoderKind(_is_library("timm"), _load_timm),
+    "timm:NAME, pooled features (num_classes=0), + --weights .safetensors; nothing downloaded",
+)
+ENCODER_KINDS.add(
+    "torchvision",
+    EncoderKind(_is_library("torchvision"), _load_torchvision),
+    "torchvision:NAME, classifier replaced by Identity, + --weights .safetensors",
 )
 
 
