@@ -85,7 +85,7 @@ PRESETS: Registry[Callable[[], StudyGrid]] = Registry("study preset")
     "4 frameworks x 2 training lengths on embedded Fashion-MNIST + knowledge settings (2 CPUs)",
 )
 def _cpu_quick() -> StudyGrid:
-    base = AuditConfig(n_bootstrap=500)
+    base = AuditConfig(n_bootstrap=500, seeds=3)
     return StudyGrid(
         base=base,
         frameworks=("simclr", "byol", "vicreg", "barlow-twins"),
@@ -155,14 +155,14 @@ def run_study(
             continue
         if cfg.knowledge != "same":  # the same target as the `same` cell: train it once
             base_dir = out / "cells" / (name.rsplit("_", 1)[0] + "_same")
-            if not encoder_dir(cfg, base_dir, "target").has_weights():
+            if not (base_dir / "results.json").is_file():
                 base_cfg = dataclasses.replace(
                     cfg, knowledge="same", title=cfg.title.rsplit(" / ", 1)[0]
                 )
                 run_audit(base_cfg, base_dir, log=lambda m: log("    " + m))
-            cfg = dataclasses.replace(
-                cfg, target_dir=str(encoder_dir(cfg, base_dir, "target").path)
-            )
+            # one checkpoint, or (with --seeds) the run directory holding one per replicate
+            shared = encoder_dir(cfg, base_dir, "target").path if cfg.seeds == 1 else base_dir
+            cfg = dataclasses.replace(cfg, target_dir=str(shared))
         log(f"[{i}/{len(cells)}] {name}")
         results = run_audit(cfg, cell_dir, log=lambda m: log("    " + m))
         rows.extend(cell_rows(name, cfg, results))
@@ -171,28 +171,46 @@ def run_study(
 
 
 def cell_rows(name: str, cfg: AuditConfig, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per attack; with --seeds the means over seeds, their t-interval and the per-seed
+    (probe, AUC) points that the trade-off's interval resamples."""
     util = results.get("utility") or {}
+    seeds = results.get("across_seeds")
     rows = []
     for attack, r in results["attacks"].items():
-        rows.append(
-            {
-                "cell": name,
-                "dataset": cfg.dataset,
-                "framework": cfg.target.framework,
-                "backbone": cfg.target.backbone,
-                "epochs": cfg.target.epochs,
-                "knowledge": cfg.knowledge,
-                "attack": attack,
-                "auc": r["auc"],
-                "auc_lo": r["auc_ci95"][0],
-                "auc_hi": r["auc_ci95"][1],
-                "tpr_at_1pct_fpr": r["tpr_at_fpr"].get("0.01"),
-                "advantage": r["advantage"],
-                "linear_probe_acc": util.get("linear_probe_acc"),
-                "knn_acc": util.get("knn_acc"),
-                "auc_vs_views": results.get("auc_vs_views", {}).get(attack, {}),
+        row = {
+            "cell": name,
+            "dataset": cfg.dataset,
+            "framework": cfg.target.framework,
+            "backbone": cfg.target.backbone,
+            "epochs": cfg.target.epochs,
+            "knowledge": cfg.knowledge,
+            "attack": attack,
+            "n_seeds": 1,
+            "auc": r["auc"],
+            "auc_lo": r["auc_ci95"][0],
+            "auc_hi": r["auc_ci95"][1],
+            "tpr_at_1pct_fpr": r["tpr_at_fpr"].get("0.01"),
+            "advantage": r["advantage"],
+            "linear_probe_acc": util.get("linear_probe_acc"),
+            "knn_acc": util.get("knn_acc"),
+            "auc_vs_views": results.get("auc_vs_views", {}).get(attack, {}),
+            "seed_points": [[util.get("linear_probe_acc"), r["auc"]]],
+        }
+        if seeds and attack in seeds["attacks"]:
+            s = seeds["attacks"][attack]
+            ci = s["auc_ci95_seeds"] or [None, None]
+            row |= {
+                "n_seeds": seeds["n_seeds"],
+                "auc": s["auc_mean"],
+                "auc_lo": ci[0],
+                "auc_hi": ci[1],
+                "tpr_at_1pct_fpr": s["tpr_at_fpr_mean"].get("0.01"),
+                "linear_probe_acc": seeds.get("linear_probe_acc_mean"),
+                "seed_points": [
+                    [p, a] for p, a in zip(seeds["linear_probe_acc"], s["auc"], strict=True)
+                ],
             }
-        )
+        rows.append(row)
     return rows
 
 
@@ -203,6 +221,7 @@ _COLUMNS = (
     "epochs",
     "knowledge",
     "attack",
+    "n_seeds",
     "auc",
     "auc_lo",
     "auc_hi",
@@ -254,12 +273,14 @@ def study_markdown(summary: dict[str, Any]) -> str:
         "",
         "## Leakage vs utility (same knowledge): Spearman rank correlation with linear-probe "
         "accuracy\n",
-        "| attack | encoders | rho (AUC) | p-value | rho (TPR@1%FPR) |",
-        "|---|---|---|---|---|",
+        "| attack | encoders | rho (AUC) | 95% CI (cells x seeds) | p-value | rho (TPR@1%FPR) |",
+        "|---|---|---|---|---|---|",
     ]
     for a, s in summary["tradeoff"].items():
+        ci = s.get("spearman_auc_ci95")
+        ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
         lines.append(
-            f"| {a} | {s['n_encoders']} | {_fmt(s['spearman_auc_vs_probe'])} | "
+            f"| {a} | {s['n_encoders']} | {_fmt(s['spearman_auc_vs_probe'])} | {ci_text} | "
             f"{_fmt(s['p_value'])} | "
             f"{_fmt(s['spearman_tpr1_vs_probe'])} |"
         )

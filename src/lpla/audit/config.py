@@ -23,6 +23,7 @@ from lpla.ssl.config import TrainConfig
 __all__ = [
     "AUDIT_RECIPE",
     "KNOWLEDGE",
+    "POWER_IMAGES",
     "AuditConfig",
     "EncoderSpec",
     "config_from_dict",
@@ -49,6 +50,8 @@ def _recipe(name: str) -> Any:
     return AUDIT_RECIPE.get(name, _TRAIN_DEFAULTS[name])
 
 
+#: non-members evaluated and reference images, by default (issue #10: >= 1000 for TPR@1%FPR)
+POWER_IMAGES = 1000
 _QUERY = QuerySettings()
 _ATTACK = AttackSettings()
 
@@ -98,7 +101,13 @@ class AuditConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     members: int = 128
+    # None: POWER_IMAGES, or as many as the pool leaves (nonmembers first). TPR at 1% FPR needs
+    # well over 100 non-members to mean anything, whatever the member set's size.
+    nonmembers: int | None = None
     reference: int | None = None
+    # S target/shadow pairs with different training seeds on the same split (--seeds)
+    seeds: int = 1
+    replicate: int = 0  # which of them this is (set by run_audit; offsets the training seeds)
     seed: int = 0
     stratify: bool = True  # every split role gets the pool's class proportions (labels known)
     target: EncoderSpec = field(default_factory=EncoderSpec)
@@ -143,6 +152,11 @@ class AuditConfig:
     def validate(self) -> None:
         if self.members < 2:
             raise LplaError(f"--members must be at least 2, got {self.members}")
+        if self.seeds < 1:
+            raise LplaError(f"--seeds must be at least 1, got {self.seeds}")
+        for flag, value in (("--nonmembers", self.nonmembers), ("--reference", self.reference)):
+            if value is not None and value < 1:
+                raise LplaError(f"{flag} must be at least 1, got {value}")
         self.query_settings().validate()
         self.attack_settings().validate()
         if self.target.epochs < 1:

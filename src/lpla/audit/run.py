@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lpla.audit.config import AuditConfig, EncoderSpec, shadow_spec
+from lpla.audit.config import POWER_IMAGES, AuditConfig, EncoderSpec, shadow_spec
 from lpla.data.splits import MembershipSplit, make_split
 from lpla.errors import LplaError
 from lpla.io import write_json_atomic
@@ -32,7 +32,14 @@ from lpla.pipeline.stages import StageCache
 from lpla.pipeline.writing import write_run
 from lpla.ssl.checkpoint import SPLIT_FILE, Checkpoint
 
-__all__ = ["SHADOW_SPLIT_FILE", "encoder_dir", "run_audit", "target_split"]
+__all__ = [
+    "SHADOW_SPLIT_FILE",
+    "encoder_dir",
+    "replicate_dir",
+    "run_audit",
+    "split_sizes",
+    "target_split",
+]
 
 # The run directory holds the audit's split as a checkpoint does (SPLIT_FILE), and the shadow's
 # own split when the shadow trains on other data.
@@ -54,22 +61,47 @@ def _pool(dataset: str, root: str | None, stratify: bool) -> tuple[int, np.ndarr
     return len(ds), labels if stratify and (labels >= 0).all() else None
 
 
+def replicate_dir(out: Path, replicate: int) -> Path:
+    """Where replicate ``r`` of a ``--seeds S`` audit lives inside its run directory."""
+    return out / "seeds" / f"seed{replicate}"
+
+
 def encoder_dir(cfg: AuditConfig, out: Path, role: str) -> Checkpoint:
-    """Where the target / shadow checkpoint of this audit lives."""
+    """Where the target / shadow checkpoint of this audit lives.
+
+    ``target_dir`` is a checkpoint, or the run directory of a ``--seeds`` audit whose replicates
+    hold one target each (a study's cells that differ only in the shadow share them).
+    """
     if role == "target" and cfg.target_dir:
-        return Checkpoint(Path(cfg.target_dir))
+        shared = Path(cfg.target_dir)
+        per_seed = replicate_dir(shared, cfg.replicate) / "target"
+        if not Checkpoint.is_checkpoint(shared) and Checkpoint.is_checkpoint(per_seed):
+            return Checkpoint(per_seed)
+        return Checkpoint(shared)
     return Checkpoint(out / role)
+
+
+def split_sizes(cfg: AuditConfig, pool_size: int) -> tuple[int, int]:
+    """Non-members and reference images: as configured, else POWER_IMAGES each when the pool
+    has them (non-members first; the shadow's members and non-members are ``members`` each)."""
+    left = max(pool_size - 3 * cfg.members, 0)
+    nonmembers = cfg.nonmembers if cfg.nonmembers is not None else min(POWER_IMAGES, left // 2)
+    left -= nonmembers
+    reference = cfg.reference if cfg.reference is not None else min(POWER_IMAGES, max(left, 0))
+    return max(nonmembers, 1), reference
 
 
 def target_split(cfg: AuditConfig) -> MembershipSplit:
     """The audit's split of its dataset (a pure function of the config)."""
     size, labels = _pool(cfg.dataset, cfg.data_root, cfg.stratify)
+    nonmembers, reference = split_sizes(cfg, size)
     return make_split(
         cfg.dataset,
         size,
         members=cfg.members,
         seed=cfg.seed,
-        reference=cfg.reference,
+        nonmembers=nonmembers,
+        reference=reference,
         stratify=labels,
     )
 
@@ -81,6 +113,7 @@ def _split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: StageCach
     key = {
         "dataset": cfg.dataset,
         "members": cfg.members,
+        "nonmembers": cfg.nonmembers,
         "reference": cfg.reference,
         "seed": cfg.seed,
         "shadow_dataset": sh.dataset if other else None,
@@ -97,7 +130,8 @@ def _split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: StageCach
                 sh_size,
                 members=cfg.members,
                 seed=cfg.seed + 1,
-                reference=cfg.reference,
+                nonmembers=cfg.members,  # only the shadow roles of this split are used
+                reference=split_sizes(cfg, sh_size)[1],
                 stratify=sh_labels,
             ).save(s_path)
 
@@ -137,7 +171,8 @@ def _train_stage(
         dataset=dataset,
         data_root=cfg.data_root if dataset == cfg.dataset else None,
         members=cfg.members,
-        seed=cfg.seed if role == "target" else cfg.seed + 1,
+        # replicates differ in training randomness only (same split, same queries)
+        seed=cfg.seed + 1000 * cfg.replicate + (0 if role == "target" else 1),
         out=str(ckpt.path),
         role=role,
         split=str(split_file),
@@ -189,13 +224,57 @@ def run_audit(
     log: Callable[[str], None] = print,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Split, train target and shadow, query both, attack, measure utility, write the report."""
+    """Split, train target and shadow, query both, attack, measure utility, write the report.
+
+    With ``cfg.seeds = S > 1``, S replicates (training seeds differ, split and queries do not) run
+    in ``seeds/seed{r}/``; the run directory shows replicate 0 and every attack's AUC and TPR
+    across the S seeds (``across_seeds`` in results.json).
+    """
+    cfg.validate()
+    out = Path(out)
+    if cfg.seeds == 1:
+        return _run_one(cfg, out, log, command)
+    runs = []
+    for r in range(cfg.seeds):
+        log(f"[seed {r + 1}/{cfg.seeds}]")
+        sub = dataclasses.replace(cfg, seeds=1, replicate=r)
+        runs.append(_run_one(sub, replicate_dir(out, r), lambda m: log("  " + m), command))
+    return _write_across_seeds(cfg, out, runs, command)
+
+
+def _write_across_seeds(
+    cfg: AuditConfig, out: Path, runs: list[dict[str, Any]], command: str | None
+) -> dict[str, Any]:
+    """The run directory of a --seeds audit: replicate 0's files plus the across-seeds summary."""
+    import shutil
+
+    from lpla.io import atomic_path
+    from lpla.report.html import build_report
+    from lpla.report.tables import seeds_summary
+
+    first = replicate_dir(out, 0)
+    for name in ("scores.npz", "norms.npz"):
+        with atomic_path(out / name) as tmp:
+            shutil.copyfile(first / name, tmp)
+    results = dict(runs[0])
+    results["config"] = cfg.to_dict()
+    results["command"] = command or _reproduce_command(out)
+    results["title"] = f"{cfg.title} (seed 0 of {cfg.seeds} shown)"
+    results["across_seeds"] = seeds_summary(runs) | {
+        "runs": [str(replicate_dir(out, r).relative_to(out)) for r in range(cfg.seeds)]
+    }
+    write_json_atomic(out / "results.json", results)
+    build_report(out)
+    return results
+
+
+def _run_one(
+    cfg: AuditConfig, out: Path, log: Callable[[str], None], command: str | None
+) -> dict[str, Any]:
     from lpla.runtime import resolve_device, set_threads
 
-    cfg.validate()
     set_threads()
     device = resolve_device(cfg.device)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = StageCache(out, log)
     timing: dict[str, float] = {}

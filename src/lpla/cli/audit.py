@@ -24,6 +24,15 @@ def audit_command(
     ),
     data_root: str | None = typer.Option(None, help="where the dataset's files are"),
     members: int | None = typer.Option(None, help="target members (the shadow gets as many)"),
+    nonmembers: int | None = typer.Option(
+        None, help="target non-members evaluated [1000, or what the pool leaves]"
+    ),
+    reference: int | None = typer.Option(
+        None, help="reference (population) images queried on each encoder [1000, or what is left]"
+    ),
+    seeds: int | None = typer.Option(
+        None, help="train S target/shadow pairs (other training seeds, same split) [1]"
+    ),
     framework: str | None = typer.Option(None, help="target SSL framework"),
     backbone: str | None = typer.Option(None, help="target backbone"),
     epochs: int | None = typer.Option(None, help="training epochs of target and shadow"),
@@ -82,6 +91,9 @@ def audit_command(
         return
     cfg = load_config(config) if config is not None else AuditConfig()
     top: dict[str, Any] = {
+        "nonmembers": nonmembers,
+        "reference": reference,
+        "seeds": seeds,
         "dataset": dataset,
         "data_root": data_root,
         "members": members,
