@@ -19,7 +19,7 @@ from lpla.report.render import fmt_ci, fmt_fpr, fmt_num, render_to
 from lpla.report.rundir import RunData, load_run
 from lpla.report.verdict import Verdict, verdict
 
-__all__ = ["Verdict", "build_report", "build_run_report", "verdict"]
+__all__ = ["Verdict", "build_report", "build_run_report", "seed_rows", "verdict"]
 
 DEFAULT_FPRS = ("0.001", "0.01")
 
@@ -257,6 +257,8 @@ def run_context(run: RunData) -> dict[str, Any]:
         "figures": run_figures(run),
         "utility": utility_rows(r.get("utility")),
         "defenses": defense_rows(r),
+        "seeds": seed_rows(r.get("across_seeds")),
+        "n_seeds": (r.get("across_seeds") or {}).get("n_seeds"),
         "split": split,
         "sizes": split.get("sizes") or {},
         "knowledge": r.get("knowledge"),
@@ -267,6 +269,27 @@ def run_context(run: RunData) -> dict[str, Any]:
         "versions": r.get("versions") or {},
         "timing": r.get("timing_s") or {},
     }
+
+
+def seed_rows(seeds: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The across-seeds table of a ``--seeds`` audit (empty for one training seed)."""
+    if not seeds:
+        return []
+    rows = []
+    for name, s in sorted(seeds["attacks"].items(), key=lambda kv: -kv[1]["auc_mean"]):
+        tpr_ci = (s.get("tpr_at_fpr_ci95_seeds") or {}).get("0.01")
+        rows.append(
+            {
+                "attack": name,
+                "auc": fmt_num(s["auc_mean"]),
+                "ci": fmt_ci(s["auc_ci95_seeds"]) if s.get("auc_ci95_seeds") else "n/a",
+                "sd": fmt_num(s.get("auc_sd")),
+                "per_seed": ", ".join(f"{a:.3f}" for a in s["auc"]),
+                "tpr1": fmt_num((s.get("tpr_at_fpr_mean") or {}).get("0.01")),
+                "tpr1_ci": fmt_ci(tpr_ci) if tpr_ci else "n/a",
+            }
+        )
+    return rows
 
 
 def build_run_report(run: RunData, out: Path) -> Path:
