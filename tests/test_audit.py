@@ -42,7 +42,9 @@ def test_audit_writes_results_report_and_caches_stages(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert {"attacks", "config", "split", "command", "versions", "auc_vs_views"} <= set(results)
     assert results["split"]["sizes"]["target_member"] == 16
-    assert results["split"]["sizes"]["target_nonmember"] == 16
+    # few members, but >= 1000 non-members and reference images by default (TPR@1%FPR)
+    assert results["split"]["sizes"]["target_nonmember"] == 1000
+    assert results["split"]["sizes"]["reference"] == 1000
     for name in ("lpla", "lpla-diff", "lpla-ref", "norm-threshold", "encodermi-t"):
         entry = results["attacks"][name]
         assert 0.0 <= entry["auc"] <= 1.0 and len(entry["auc_ci95"]) == 2

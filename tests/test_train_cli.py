@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_subprocess_train_then_utility(tmp_path: Path) -> None:
     assert util.returncode == 0, util.stderr
     written = json.loads((out / "utility.json").read_text())
     assert written["num_train"] == 300 and written["dataset"] == "fashion-mnist"
-    assert f"linear_probe_acc: {written['linear_probe_acc']:.4f}" in util.stdout
+    assert re.search(rf"linear probe\W+{written['linear_probe_acc']:.4f}", util.stdout)
     missing = _run(["utility", "--encoder", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "lpla: error: encoder" in missing.output
     assert "not found" in missing.output

@@ -501,15 +501,19 @@ def open_embeddings(
             f"{p} is not an .npz (zip) file",
             hint="save with np.savez(path, embeddings=E, member=M, index=I) or run lpla embed",
         )
-    with zipfile.ZipFile(p) as zf:
-        members = {name[:-4]: name for name in zf.namelist() if name.endswith(".npy")}
-        missing = [k for k in REQUIRED_KEYS if k not in members]
-        if missing:
-            raise LplaError(
-                f"{p} has no {missing[0]!r} array (found: {sorted(members) or 'none'}); "
-                f"required keys: {', '.join(REQUIRED_KEYS)}; optional: meta (JSON string)"
-            )
-        info = zf.getinfo(members["embeddings"])
+    try:
+        with zipfile.ZipFile(p) as zf:
+            members = {name[:-4]: name for name in zf.namelist() if name.endswith(".npy")}
+            info = zf.getinfo(members["embeddings"]) if "embeddings" in members else None
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+        # NotImplementedError: zipfile's word for a damaged version or compression field
+        raise LplaError(f"{p} is corrupt or truncated ({exc}); re-create it") from None
+    missing = [k for k in REQUIRED_KEYS if k not in members]
+    if missing or info is None:
+        raise LplaError(
+            f"{p} has no {missing[0]!r} array (found: {sorted(members) or 'none'}); "
+            f"required keys: {', '.join(REQUIRED_KEYS)}; optional: meta (JSON string)"
+        )
     emb: np.ndarray | None = None
     if mmap and info.compress_type == zipfile.ZIP_STORED:
         emb = _memmap_member(p, info)
@@ -527,7 +531,7 @@ def open_embeddings(
                 hint="save plain numeric arrays (and meta as a JSON string)",
             ) from None
         raise LplaError(f"{p} is not a readable .npz: {exc}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
         raise LplaError(f"{p} is corrupt or truncated ({exc}); re-create it") from None
     member_arr, index_arr = validate_embeddings(
         emb, member, index, source=str(p), check_finite=check_finite

@@ -44,6 +44,7 @@ from torch import nn
 
 from lpla.errors import LplaError
 from lpla.registry import Registry
+from lpla.ssl.checkpoint import Checkpoint
 
 LAYERS = ("backbone", "projection")
 POOLS = ("avg", "flatten", "cls")
@@ -215,14 +216,16 @@ def encoder_file_hint(path: str | Path) -> str | None:
     were given (or that ``.../checkpoint.json`` path) and show the hint instead. None when
     ``path`` is not a file lpla recognises (a directory, a missing path, an unknown file).
     """
+    from lpla.ssl.checkpoint import META_FILE
+
     p = Path(path)
-    if p.name == "checkpoint.json" and p.parent.is_file():
+    if p.name == META_FILE and p.parent.is_file():
         p = p.parent
     if not p.is_file():
         return None
     given = str(p)
     usage = f"pass it with --encoder (lpla audit --encoder {given} --members ... --nonmembers ...)"
-    if p.name == "checkpoint.json":
+    if p.name == META_FILE:
         return f"{given} is part of an lpla checkpoint; pass its directory {p.parent}"
     content = sniff_encoder_file(p)
     if content == "export":
@@ -230,7 +233,7 @@ def encoder_file_hint(path: str | Path) -> str | None:
     if content == "torchscript":
         return f"{given} is a TorchScript file, not an lpla checkpoint directory; {usage}"
     if content == "safetensors" or p.suffix == ".safetensors":
-        if (p.parent / "checkpoint.json").is_file():
+        if Checkpoint.is_checkpoint(p.parent):
             return f"{given} is part of an lpla checkpoint; pass its directory {p.parent}"
         return (
             f"{given} holds weights without an architecture, not an lpla checkpoint directory; "
@@ -409,7 +412,7 @@ def _eval(module: nn.Module) -> nn.Module:
 
 
 def _is_checkpoint(spec: str) -> bool:
-    return (Path(spec) / "checkpoint.json").is_file()
+    return Checkpoint.is_checkpoint(spec)
 
 
 def _find(cfg: dict[str, Any], *keys: str) -> Any:

@@ -124,6 +124,8 @@ class AuditConfig:
     attacks: tuple[str, ...] | None = _ATTACK.attacks
     views_grid: tuple[int, ...] = _ATTACK.views_grid
     n_bootstrap: int = _ATTACK.n_bootstrap
+    # per-attack hyper-parameters, e.g. {"encodermi-t": {"calibration": "reference"}}
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     defenses: tuple[str, ...] = ()
     utility: bool = True
     utility_train_limit: int = 10000  # probe-training images (the test split is used whole)
@@ -147,6 +149,7 @@ class AuditConfig:
             views_grid=self.views_grid,
             n_bootstrap=self.n_bootstrap,
             seed=self.seed,
+            attack_params={k: dict(v) for k, v in self.attack_params.items()},
         )
 
     def validate(self) -> None:

@@ -43,3 +43,35 @@ def parse_csv(value: str, cast: Callable[[str], Any] = str) -> list[Any]:
         except ValueError:
             raise LplaError(f"cannot read {item!r} in {value!r}") from None
     return out
+
+
+def parse_attack_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["encodermi-t.calibration=reference"]`` -> ``{"encodermi-t": {"calibration": ...}}``.
+
+    Values are read as YAML scalars (``0.5``, ``true``, ``[1, 2]``); each attack is built once with
+    its parameters here, so a wrong name or value is one clear error before anything runs.
+    """
+    import yaml
+
+    from lpla.attacks import create_attack
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        attack, dot, param = key.partition(".")
+        if not sep or not dot or not attack or not param:
+            raise LplaError(
+                f"--attack-param {item!r}: write ATTACK.PARAM=VALUE, "
+                "e.g. encodermi-t.calibration=reference"
+            )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(attack.strip(), {})[param.strip()] = value
+    for attack, params in out.items():
+        try:
+            create_attack(attack, **params)
+        except TypeError as exc:
+            raise LplaError(f"--attack-param for {attack}: {exc}") from None
+    return out

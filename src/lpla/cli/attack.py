@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lpla.cli._common import parse_csv, user_errors
+from lpla.cli._common import parse_attack_params, parse_csv, user_errors
 
 
 @user_errors
@@ -32,6 +32,9 @@ def attack_command(
     ),
     attacks: str | None = typer.Option(
         None, help="comma-separated attack names (default: every attack the inputs allow)"
+    ),
+    attack_param: list[str] = typer.Option(
+        [], help="an attack's hyper-parameter, e.g. encodermi-t.calibration=reference (repeat)"
     ),
     p: str | None = typer.Option(None, help="norm orders, comma-separated; inf allowed [1,2,inf]"),
     views: int | None = typer.Option(None, help="views per image when querying encoders [10]"),
@@ -85,6 +88,7 @@ def attack_command(
         views_grid=parse_csv(views_grid, int) if views_grid else None,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        attack_params=parse_attack_params(attack_param) or None,
     )
     results = run_given(
         inputs,

@@ -85,11 +85,15 @@ class AttackSettings:
         for p in self.p:
             if not p > 0:
                 raise LplaError(f"every p must be > 0 (inf allowed), got {p}")
-        if self.attacks is not None:
-            from lpla.attacks import ATTACKS
+        from lpla.attacks import ATTACKS, create_attack
 
-            for name in self.attacks:
-                ATTACKS.get(name)
+        for name in self.attacks or ():
+            ATTACKS.get(name)
+        for name, params in self.attack_params.items():
+            try:
+                create_attack(name, **params)
+            except TypeError as exc:
+                raise LplaError(f"parameters for attack {name}: {exc}") from None
 
 
 def settings_from(cls: type[Any], **options: Any) -> Any:
