@@ -216,3 +216,38 @@ def test_layers_hold_and_no_module_imports_in_a_cycle() -> None:
         and b != "lpla"
     ]
     assert cycles == []
+
+
+@pytest.mark.parametrize("command", ["attack", "audit"])
+def test_zero_bootstrap_resamples_is_one_clear_line(tmp_path: Path, command: str) -> None:
+    t, s = _files(tmp_path, clean_target=True, clean_shadow=True)
+    out = tmp_path / "out"
+    res = _cli(
+        [command, "--target-embeddings", t, "--shadow-embeddings", s, "--n-bootstrap", "0",
+         "--out", out]
+    )  # fmt: skip
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0 and "--n-bootstrap must be >= 1" in res.output
+    assert not out.exists()
+
+
+def test_swapped_labels_read_below_chance_not_no_leakage(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    member = (np.arange(400) < 200).astype(np.int8)
+    norms = np.exp(0.3 * rng.normal(size=400) + 0.6 * member)  # members: larger norms
+
+    def write(name: str, flags: np.ndarray) -> Path:
+        d = rng.normal(size=(400, 2, 8))
+        d /= np.linalg.norm(d, axis=-1, keepdims=True)
+        emb = (d * norms[:, None, None]).astype(np.float32)
+        return write_embeddings(tmp_path / f"{name}.npz", emb, flags, np.arange(400))
+
+    t = write("t", 1 - member)  # the target's labels are swapped
+    s = write("s", member)
+    out = tmp_path / "out"
+    res = _cli(["audit", "--target-embeddings", t, "--shadow-embeddings", s, "--attacks",
+                "norm-threshold", "--n-bootstrap", "200", "--out", out])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    html = (out / "report.html").read_text()
+    assert "below chance" in html and "labels swapped" in html
+    assert "No leakage" not in html

@@ -114,7 +114,9 @@ def _paper() -> StudyGrid:
         crop_scale_min=0.2,
         jitter=0.4,
     )
-    base = AuditConfig(dataset="cifar10", members=10000, target=target, views=10, device="auto")
+    base = AuditConfig(
+        dataset="cifar10", members=10000, target=target, views=10, device="auto", seeds=3
+    )
     return StudyGrid(
         base=base,
         frameworks=("simclr", "moco-v2", "byol", "simsiam", "barlow-twins", "vicreg", "dino"),
