@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from lpla.cli._common import parse_csv, user_errors
+from lpla.cli._common import parse_attack_params, parse_csv, user_errors
+from lpla.errors import LplaError
 
 
 @user_errors
@@ -23,12 +24,21 @@ def audit_command(
         None, help="dataset name (lpla list datasets); default fashion-mnist"
     ),
     data_root: str | None = typer.Option(None, help="where the dataset's files are"),
-    members: int | None = typer.Option(None, help="target members (the shadow gets as many)"),
-    nonmembers: int | None = typer.Option(
-        None, help="target non-members evaluated [1000, or what the pool leaves]"
+    members: str | None = typer.Option(
+        None,
+        help="a count: target members to train on (the shadow gets as many); with --encoder: "
+        "the images it was trained on (a folder, a .txt of paths or a .csv path[,label])",
     ),
-    reference: int | None = typer.Option(
-        None, help="reference (population) images queried on each encoder [1000, or what is left]"
+    nonmembers: str | None = typer.Option(
+        None,
+        help="a count: target non-members evaluated [1000, or what the pool leaves]; with "
+        "--encoder: images it was not trained on (folder, .txt or .csv)",
+    ),
+    reference: str | None = typer.Option(
+        None,
+        help="a count: reference (population) images queried on each encoder [1000, or what is "
+        "left]; with --encoder: more images it was not trained on, that calibrate the attacks "
+        "(default: a seeded half of --nonmembers, at most 1000)",
     ),
     seeds: int | None = typer.Option(
         None, help="train S target/shadow pairs (other training seeds, same split) [1]"
@@ -45,6 +55,9 @@ def audit_command(
     attacks: str | None = typer.Option(
         None, help="comma-separated attacks (default: all the inputs allow)"
     ),
+    attack_param: list[str] = typer.Option(
+        [], help="an attack's hyper-parameter, e.g. encodermi-t.calibration=reference (repeat)"
+    ),
     defense: list[str] = typer.Option(
         [], help="output-side defense to measure too, e.g. noise:0.1 (repeat)"
     ),
@@ -56,7 +69,11 @@ def audit_command(
     target: Path | None = typer.Option(
         None, help="audit this trained encoder (checkpoint dir) instead of training one"
     ),
-    shadow: list[Path] = typer.Option([], help="with --target: the attacker's shadow encoder(s)"),
+    shadow: list[Path] = typer.Option(
+        [],
+        help="with --target: the attacker's shadow encoder(s); with --encoder: one encoder of "
+        "yours trained like it on other images (any --encoder kind)",
+    ),
     target_embeddings: Path | None = typer.Option(
         None, help="audit precomputed embeddings (.npz) instead"
     ),
@@ -70,12 +87,110 @@ def audit_command(
         [], help="with --shadow-embeddings: each shadow's reference embeddings, in order"
     ),
     n_bootstrap: int | None = typer.Option(None, help="bootstrap resamples for the CIs [1000]"),
+    encoder: str | None = typer.Option(
+        None,
+        help="audit YOUR encoder on your --members/--nonmembers images: a .pt2 (torch.export), "
+        "TorchScript .pt, package.module:factory, timm:NAME, torchvision:NAME or an lpla "
+        "checkpoint directory",
+    ),
+    weights: str | None = typer.Option(
+        None, help="with --encoder: .safetensors weights for module:factory, timm:, torchvision:"
+    ),
+    normalize: str | None = typer.Option(
+        None,
+        help="with --encoder: input normalisation, auto (timm/torchvision: the model's "
+        "mean/std), imagenet, none or MEAN/STD",
+    ),
+    image_size: int | None = typer.Option(
+        None,
+        help="with --encoder: resize every image to N x N (default: the encoder's size if "
+        "known, else the first member image's)",
+    ),
+    shadow_members: str | None = typer.Option(
+        None, help="with --encoder --shadow ENC: the images the shadow was trained on"
+    ),
+    shadow_nonmembers: str | None = typer.Option(
+        None, help="with --encoder --shadow ENC: images the shadow was not trained on"
+    ),
+    shadow_reference: str | None = typer.Option(
+        None,
+        help="with --encoder --shadow ENC: the shadow's reference images (default: a seeded "
+        "half of --shadow-nonmembers, at most 1000)",
+    ),
+    shadow_weights: str | None = typer.Option(
+        None, help="with --encoder --shadow ENC: .safetensors weights of the shadow"
+    ),
 ) -> None:
-    """Train target and shadow (or take yours), query them, run every attack, write the report."""
+    """Train target and shadow (or take yours), query them, run every attack, write the report.
+
+    Your own encoder on your own images: lpla audit --encoder model.pt2 --members DIR
+    --nonmembers DIR2 --out runs/mine (docs/own-encoder.md).
+    """
     from lpla.audit import AuditConfig, config_from_dict, load_config, run_audit
     from lpla.cli.tables import print_attack_table
     from lpla.pipeline import current_command
 
+    own_flags = {
+        "--weights": weights,
+        "--normalize": normalize,
+        "--image-size": image_size,
+        "--shadow-members": shadow_members,
+        "--shadow-nonmembers": shadow_nonmembers,
+        "--shadow-reference": shadow_reference,
+        "--shadow-weights": shadow_weights,
+    }
+    if encoder is not None:
+        _refuse(
+            "--encoder audits an encoder you trained yourself, on your images; these options "
+            "are for training an audit's encoders or for --target audits, not for --encoder:",
+            {
+                "--target": target,
+                "--target-embeddings": target_embeddings,
+                "--shadow-embeddings": shadow_embeddings or None,
+                "--reference-embeddings": reference_embeddings,
+                "--shadow-reference-embeddings": shadow_reference_embeddings or None,
+                "--config": config,
+                "--dataset": dataset,
+                "--data-root": data_root,
+                "--seeds": seeds,
+                "--framework": framework,
+                "--backbone": backbone,
+                "--epochs": epochs,
+                "--knowledge": knowledge,
+            },
+        )
+        _audit_own(
+            encoder,
+            weights=weights,
+            normalize=normalize,
+            image_size=image_size,
+            members=members,
+            nonmembers=nonmembers,
+            reference=reference,
+            shadow=[str(s) for s in shadow],
+            shadow_weights=shadow_weights,
+            shadow_members=shadow_members,
+            shadow_nonmembers=shadow_nonmembers,
+            shadow_reference=shadow_reference,
+            p=p,
+            attacks=attacks,
+            views=views,
+            seed=seed,
+            device=device,
+            n_bootstrap=n_bootstrap,
+            defense=list(defense),
+            attack_params=parse_attack_params(attack_param) or None,
+            utility=utility,
+            out=out,
+        )
+        return
+    _refuse("these options need --encoder (your encoder, audited on your images):", own_flags)
+    counts = {
+        "--members": members,
+        "--nonmembers": nonmembers,
+        "--reference": reference,
+    }
+    member_count, nonmember_count, reference_count = (_count(flag, v) for flag, v in counts.items())
     if target is not None or target_embeddings is not None:
         from lpla.pipeline import GivenInputs
 
@@ -91,12 +206,12 @@ def audit_command(
         return
     cfg = load_config(config) if config is not None else AuditConfig()
     top: dict[str, Any] = {
-        "nonmembers": nonmembers,
-        "reference": reference,
+        "nonmembers": nonmember_count,
+        "reference": reference_count,
         "seeds": seeds,
         "dataset": dataset,
         "data_root": data_root,
-        "members": members,
+        "members": member_count,
         "knowledge": knowledge,
         "views": views,
         "seed": seed,
@@ -111,6 +226,8 @@ def audit_command(
         updates["defenses"] = tuple(defense)
     if n_bootstrap is not None:
         updates["n_bootstrap"] = n_bootstrap
+    if attack_param:
+        updates["attack_params"] = parse_attack_params(attack_param)
     if not utility:
         updates["utility"] = False
     t_updates: dict[str, Any] = {
@@ -130,6 +247,146 @@ def audit_command(
     print_attack_table(
         results, title=f"lpla audit: {cfg.dataset}, {cfg.target.framework}/{cfg.target.backbone}"
     )
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+def _is_count(value: str) -> bool:
+    return value.strip().lstrip("+-").isdigit()
+
+
+def _count(flag: str, value: str | None) -> int | None:
+    """A training audit's image count; an image list here is a mix-up with --encoder."""
+    if value is None:
+        return None
+    if not _is_count(value):
+        raise LplaError(
+            f"{flag} {value} names images, which needs --encoder ENC (the encoder trained on "
+            f"them: lpla audit --encoder model.pt2 --members M --nonmembers N); without "
+            f"--encoder, {flag} is a number of images, e.g. {flag} 128"
+        )
+    return int(value)
+
+
+def _image_list(flag: str, value: str | None) -> str | None:
+    """An own-encoder audit's image list; a bare count here is a mix-up with a training audit."""
+    if value is None:
+        return None
+    if _is_count(value) and not Path(value).exists():
+        raise LplaError(
+            f"{flag} {value} is a number of images (to train an audit's own encoder), but "
+            f"--encoder audits yours: give the images instead, a folder, a .txt of paths or a "
+            f".csv path[,label] (e.g. {flag} images/{flag.lstrip('-').replace('-', '_')}/)"
+        )
+    return value
+
+
+def _refuse(why: str, given: dict[str, Any]) -> None:
+    """One error naming every option in ``given`` that was set."""
+    named = [flag for flag, value in given.items() if value is not None]
+    if named:
+        raise LplaError(f"{why} {', '.join(named)}")
+
+
+def _audit_own(
+    encoder: str,
+    *,
+    weights: str | None,
+    normalize: str | None,
+    image_size: int | None,
+    members: str | None,
+    nonmembers: str | None,
+    reference: str | None,
+    shadow: list[str],
+    shadow_weights: str | None,
+    shadow_members: str | None,
+    shadow_nonmembers: str | None,
+    shadow_reference: str | None,
+    p: str | None,
+    attacks: str | None,
+    views: int | None,
+    seed: int | None,
+    device: str | None,
+    n_bootstrap: int | None,
+    defense: list[str],
+    attack_params: dict[str, dict[str, Any]] | None,
+    utility: bool,
+    out: Path,
+) -> None:
+    """Your encoder on your images: query, attack (shadow-free unless --shadow), report."""
+    from lpla.cli.tables import print_attack_table
+    from lpla.pipeline import (
+        AttackSettings,
+        EncoderRef,
+        OwnEncoder,
+        OwnInputs,
+        QuerySettings,
+        current_command,
+        run_own,
+        settings_from,
+    )
+    from lpla.pipeline.own import IMAGES_FILE
+
+    members = _image_list("--members", members)
+    nonmembers = _image_list("--nonmembers", nonmembers)
+    if members is None or nonmembers is None:
+        raise LplaError(
+            "--encoder needs --members (images it was trained on) and --nonmembers (images it "
+            "was not trained on): each a folder, a .txt of paths or a .csv path[,label]"
+        )
+    if image_size is not None and image_size < 1:
+        raise LplaError(f"--image-size must be a positive number of pixels, got {image_size}")
+    target = OwnEncoder(
+        EncoderRef(encoder, weights, normalize),
+        members,
+        nonmembers,
+        _image_list("--reference", reference),
+    )
+    own_shadow = None
+    shadow_lists = {"--shadow-members": shadow_members, "--shadow-nonmembers": shadow_nonmembers}
+    if len(shadow) > 1:
+        raise LplaError("with --encoder, give one --shadow encoder (with its own image lists)")
+    if shadow:
+        missing = [flag for flag, v in shadow_lists.items() if v is None]
+        if missing:
+            raise LplaError(
+                f"--shadow {shadow[0]} needs {' and '.join(missing)}: the images the shadow was "
+                "(not) trained on"
+            )
+        own_shadow = OwnEncoder(
+            EncoderRef(shadow[0], shadow_weights, normalize),
+            str(_image_list("--shadow-members", shadow_members)),
+            str(_image_list("--shadow-nonmembers", shadow_nonmembers)),
+            _image_list("--shadow-reference", shadow_reference),
+        )
+    else:
+        _refuse(
+            "these options describe a shadow encoder; give it with --shadow ENC:",
+            shadow_lists
+            | {"--shadow-reference": shadow_reference, "--shadow-weights": shadow_weights},
+        )
+    query = settings_from(QuerySettings, views=views, seed=seed, device=device)
+    attack = settings_from(
+        AttackSettings,
+        attacks=parse_csv(attacks) if attacks else None,
+        p=parse_csv(p, float) if p else None,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        attack_params=attack_params,
+    )
+    results = run_own(
+        OwnInputs(target, own_shadow, image_size),
+        query,
+        attack,
+        out,
+        command=current_command(),
+        utility=utility,
+        defenses=defense,
+        log=typer.echo,
+    )
+    print_attack_table(results, title=f"lpla audit: {encoder}")
+    for note in results["notes"]:
+        typer.echo(f"note: {note}")
+    typer.echo(f"images: {out / IMAGES_FILE}")
     typer.echo(f"report: {out / 'report.html'}")
 
 

@@ -23,6 +23,7 @@ image's (grey modes -> 1 channel, anything else -> RGB, an alpha channel dropped
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +50,9 @@ class ImageList(ImageFiles):
 
     paths: tuple[str, ...]
     spec: str
-    list_format: str  # folder | imagefolder | text | csv
+    list_format: str  # folder | imagefolder | text | csv | combined
+    # (spec, first row, row after the last) of each list a combined list was made of
+    parts: tuple[tuple[str, int, int], ...] = ()
 
 
 def load_image_list(
@@ -103,7 +106,75 @@ def load_image_list(
     ds.paths = tuple(str(f) for f in files)
     ds.spec = str(spec)
     ds.list_format = fmt
+    ds.parts = ((str(spec), 0, len(files)),)
     return ds
+
+
+def combine_image_lists(
+    specs: Sequence[str | Path],
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    flags: Sequence[str] | None = None,
+    name: str = "images",
+) -> ImageList:
+    """Several image lists as one dataset: rows run on from one list to the next.
+
+    ``lpla audit --encoder`` queries the members and the non-members (and the reference images)
+    as one dataset, so that an embeddings file's ``index`` is a row of it and
+    ``paths[index]`` names the image. ``parts`` gives each list's rows. Every image decodes to
+    ``image_size`` / ``channels`` when given, else to the first list's first image's size and
+    mode. Class folders are matched by name across lists (labels index the sorted union of the
+    class names), CSV labels are kept as written. An image listed in two lists is an error
+    naming both (``flags``, e.g. ``--members``, name the lists in messages).
+    """
+    if not specs:
+        raise ValueError("combine_image_lists needs at least one list")
+    labels_of = list(flags) if flags is not None else [str(s) for s in specs]
+    lists = []
+    for flag, spec in zip(labels_of, specs, strict=True):
+        try:
+            lists.append(load_image_list(spec, image_size=image_size, channels=channels))
+        except LplaError as exc:
+            if flags is None:
+                raise
+            raise LplaError(f"{flag}: {exc}") from None
+    first = lists[0]
+    names = tuple(sorted({c for ds in lists for c in ds.classes}))
+    files: list[Path] = []
+    labels: list[np.ndarray] = []
+    owner: dict[Path, int] = {}
+    parts = []
+    for i, ds in enumerate(lists):
+        for f in ds.files:
+            if f in owner:
+                raise LplaError(
+                    f"{f} is listed in both {labels_of[owner[f]]} and {labels_of[i]}; an image "
+                    "is either a member or not (and a reference image is neither)"
+                )
+            owner[f] = i
+        lab = np.asarray(ds.labels, np.int64)
+        if ds.classes:  # class folders: the label of a class name is the same in every list
+            lab = np.asarray([names.index(ds.classes[int(v)]) for v in lab], np.int64)
+        parts.append((ds.spec, len(files), len(files) + len(ds.files)))
+        files.extend(ds.files)
+        labels.append(lab)
+    combined = ImageList(
+        files,
+        np.concatenate(labels),
+        mode=first.mode,
+        size=first.size,
+        name=name,
+        split="+".join(ds.info.split for ds in lists),
+        classes=names,
+        source=" + ".join(ds.info.source for ds in lists),
+        extra={"list_format": "combined", "size_from": first.info.extra["size_from"]},
+    )
+    combined.paths = tuple(str(f) for f in files)
+    combined.spec = " + ".join(ds.spec for ds in lists)
+    combined.list_format = "combined"
+    combined.parts = tuple(parts)
+    return combined
 
 
 def _size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -352,6 +423,7 @@ def probe_images(
 __all__ = [
     "ImageList",
     "SubsetDataset",
+    "combine_image_lists",
     "load_image_list",
     "probe_images",
     "require_labels",

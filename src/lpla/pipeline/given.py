@@ -1,5 +1,9 @@
 """Audit what the user brings: trained encoders (checkpoint directories) or embeddings files.
 
+(An encoder of the user's on their own image lists is :mod:`lpla.pipeline.own`; an encoder
+*file* given here as ``--target`` gets the one-line fix from
+:func:`lpla.encoders.encoder_file_hint`.)
+
 ``lpla attack`` and ``lpla audit --target/--target-embeddings`` are both :func:`run_given`: open or
 query the inputs, run the attacks, write the run. The two commands differ only in whether an HTML
 report is written, so the same encoders give the same numbers through either.
@@ -39,6 +43,8 @@ class GivenInputs:
     clean_view0: bool | None = None
 
     def check(self) -> None:
+        for path in (self.target, *self.shadows):
+            _check_checkpoint_dir(path)
         if (self.target is None) == (self.target_embeddings is None):
             raise LplaError(
                 "give either --target DIR (an encoder) or --target-embeddings FILE.npz "
@@ -65,6 +71,17 @@ class GivenInputs:
             "target": str(self.target or self.target_embeddings),
             "shadows": [str(s) for s in (self.shadows or self.shadow_embeddings)],
         }
+
+
+def _check_checkpoint_dir(path: Path | None) -> None:
+    """An encoder *file* given where a checkpoint directory is expected: the one-line fix."""
+    if path is None or Path(path).is_dir():
+        return
+    from lpla.encoders import encoder_file_hint
+
+    hint = encoder_file_hint(path)
+    if hint is not None:
+        raise LplaError(hint)
 
 
 def open_answers(path: Path, clean_view0: bool | None = None) -> EmbeddingsFile:
