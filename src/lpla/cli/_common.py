@@ -75,3 +75,28 @@ def parse_attack_params(items: list[str]) -> dict[str, dict[str, Any]]:
         except TypeError as exc:
             raise LplaError(f"--attack-param for {attack}: {exc}") from None
     return out
+
+
+def attack_settings(
+    attacks: str | None,
+    p: str | None,
+    n_bootstrap: int | None,
+    seed: int | None,
+    attack_param: list[str] | dict[str, dict[str, Any]] | None = None,
+    views_grid: str | None = None,
+) -> Any:
+    """The AttackSettings the attack options ask for (an option not given: the default)."""
+    from lpla.pipeline import AttackSettings, settings_from
+
+    params = (
+        attack_param if isinstance(attack_param, dict) else parse_attack_params(attack_param or [])
+    )
+    return settings_from(
+        AttackSettings,
+        attacks=parse_csv(attacks) if attacks else None,
+        p=parse_csv(p, float) if p else None,
+        views_grid=parse_csv(views_grid, int) if views_grid else None,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        attack_params=params or None,
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lpla.cli._common import parse_attack_params, parse_csv, user_errors
+from lpla.cli._common import attack_settings, user_errors
 
 
 @user_errors
@@ -56,14 +56,7 @@ def attack_command(
 ) -> None:
     """Fit attacks on shadow encoder(s), score the target's candidates, write results.json."""
     from lpla.cli.tables import print_attack_table
-    from lpla.pipeline import (
-        AttackSettings,
-        GivenInputs,
-        QuerySettings,
-        current_command,
-        run_given,
-        settings_from,
-    )
+    from lpla.pipeline import GivenInputs, QuerySettings, current_command, run_given, settings_from
 
     inputs = GivenInputs(
         target=target,
@@ -81,15 +74,7 @@ def attack_command(
         seed=seed,
         device=device,
     )
-    attack = settings_from(
-        AttackSettings,
-        attacks=parse_csv(attacks) if attacks else None,
-        p=parse_csv(p, float) if p else None,
-        views_grid=parse_csv(views_grid, int) if views_grid else None,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-        attack_params=parse_attack_params(attack_param) or None,
-    )
+    attack = attack_settings(attacks, p, n_bootstrap, seed, attack_param, views_grid)
     results = run_given(
         inputs,
         query,

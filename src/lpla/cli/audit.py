@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from lpla.cli._common import parse_attack_params, parse_csv, user_errors
+from lpla.cli._common import attack_settings, parse_attack_params, parse_csv, user_errors
 from lpla.errors import LplaError
 
 
@@ -202,7 +202,9 @@ def audit_command(
             reference_embeddings=reference_embeddings,
             shadow_reference_embeddings=list(shadow_reference_embeddings),
         )
-        _audit_given(inputs, p, attacks, views, seed, device, n_bootstrap, utility, out)
+        _audit_given(
+            inputs, p, attacks, attack_param, views, seed, device, n_bootstrap, utility, out
+        )
         return
     cfg = load_config(config) if config is not None else AuditConfig()
     top: dict[str, Any] = {
@@ -315,7 +317,6 @@ def _audit_own(
     """Your encoder on your images: query, attack (shadow-free unless --shadow), report."""
     from lpla.cli.tables import print_attack_table
     from lpla.pipeline import (
-        AttackSettings,
         EncoderRef,
         OwnEncoder,
         OwnInputs,
@@ -365,14 +366,7 @@ def _audit_own(
             | {"--shadow-reference": shadow_reference, "--shadow-weights": shadow_weights},
         )
     query = settings_from(QuerySettings, views=views, seed=seed, device=device)
-    attack = settings_from(
-        AttackSettings,
-        attacks=parse_csv(attacks) if attacks else None,
-        p=parse_csv(p, float) if p else None,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-        attack_params=attack_params,
-    )
+    attack = attack_settings(attacks, p, n_bootstrap, seed, attack_params)
     results = run_own(
         OwnInputs(target, own_shadow, image_size),
         query,
@@ -401,6 +395,7 @@ def _audit_given(
     inputs: Any,
     p: str | None,
     attacks: str | None,
+    attack_param: list[str],
     views: int | None,
     seed: int | None,
     device: str | None,
@@ -411,7 +406,6 @@ def _audit_given(
     """Audit encoders or embeddings the user brings: query (if needed), attack, report."""
     from lpla.cli.tables import print_attack_table
     from lpla.pipeline import (
-        AttackSettings,
         QuerySettings,
         current_command,
         run_given,
@@ -419,13 +413,7 @@ def _audit_given(
     )
 
     query = settings_from(QuerySettings, views=views, seed=seed, device=device)
-    attack = settings_from(
-        AttackSettings,
-        attacks=parse_csv(attacks) if attacks else None,
-        p=parse_csv(p, float) if p else None,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-    )
+    attack = attack_settings(attacks, p, n_bootstrap, seed, attack_param)
     results = run_given(
         inputs,
         query,

@@ -11,7 +11,6 @@ report is written, so the same encoders give the same numbers through either.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from lpla.pipeline.answers import CANDIDATES, EncoderAnswers
 from lpla.pipeline.attacking import run_attacks
 from lpla.pipeline.querying import plan_checkpoint, query_encoders
 from lpla.pipeline.settings import AttackSettings, QuerySettings
-from lpla.pipeline.writing import run_directory, write_run
+from lpla.pipeline.writing import run_config, run_directory, write_run
 
 __all__ = ["GivenInputs", "open_answers", "run_given"]
 
@@ -208,22 +207,15 @@ def run_given(
             "title": title,
             "command": command,
             "config": inputs.describe()
-            | {
-                "p": [_p_str(v) for v in attack.p],
-                "attacks": list(run.scores),
-                "views": run.results["views"],
-                "clean_view0": target.candidates.clean_view0,
-                "seed": attack.seed,
-                "n_bootstrap": attack.n_bootstrap,
-            }
-            | ({"query": dataclasses.asdict(query)} if inputs.target is not None else {}),
+            | run_config(
+                attack,
+                run,
+                target.candidates.clean_view0,
+                query if inputs.target is not None else None,
+            ),
             "split": _split_of(inputs, target),
         }
         util = _utility(inputs, query) if utility else None
         if util:
             extra["utility"] = util
         return write_run(out, run, extra, report=report)
-
-
-def _p_str(p: float) -> str:
-    return "inf" if np.isinf(p) else f"{p:g}"

@@ -17,7 +17,6 @@ image lists, ``images.json`` (which file each candidate row is) and utility on t
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ from lpla.pipeline.querying import (
 )
 from lpla.pipeline.settings import AttackSettings, QuerySettings
 from lpla.pipeline.stages import StageCache
-from lpla.pipeline.writing import run_directory, write_run
+from lpla.pipeline.writing import run_config, run_directory, write_run
 
 __all__ = [
     "IMAGES_FILE",
@@ -104,32 +103,20 @@ def plan_own(inputs: OwnInputs, seed: int) -> list[EncoderPlan]:
     for own in (inputs.target, inputs.shadow):
         if own is not None:
             detect_kind(own.encoder.spec)
-    t = inputs.target
     plans = [
         plan_images(
-            "target",
-            t.encoder,
-            t.members,
-            t.nonmembers,
-            t.reference,
+            name,
+            own.encoder,
+            own.members,
+            own.nonmembers,
+            own.reference,
             image_size=inputs.image_size,
             seed=seed,
+            **({"flags": _SHADOW_FLAGS} if name == "shadow" else {}),
         )
+        for name, own in (("target", inputs.target), ("shadow", inputs.shadow))
+        if own is not None
     ]
-    if inputs.shadow is not None:
-        s = inputs.shadow
-        plans.append(
-            plan_images(
-                "shadow",
-                s.encoder,
-                s.members,
-                s.nonmembers,
-                s.reference,
-                image_size=inputs.image_size,
-                seed=seed,
-                flags=_SHADOW_FLAGS,
-            )
-        )
     for plan in plans:
         _check_both(plan)
     return plans
@@ -191,15 +178,7 @@ def run_own(
             "target": _spec_row(inputs.target, target),
             "shadow": _spec_row(inputs.shadow, shadows[0]) if shadows else None,
             "config": inputs.describe()
-            | {
-                "p": [_p_str(v) for v in attack.p],
-                "attacks": list(run.scores),
-                "views": run.results["views"],
-                "clean_view0": target.candidates.clean_view0,
-                "seed": attack.seed,
-                "n_bootstrap": attack.n_bootstrap,
-                "query": dataclasses.asdict(query),
-            },
+            | run_config(attack, run, target.candidates.clean_view0, query),
             "split": _split(plans, inputs, query.seed),
             "images": IMAGES_FILE,
             "notes": list(run.results["notes"]) + notes,
@@ -317,10 +296,6 @@ def _split(plans: Sequence[EncoderPlan], inputs: OwnInputs, seed: int) -> dict[s
         "sizes": sizes,
         "reference_from": _reference_from(inputs.target, seed),
     }
-
-
-def _p_str(p: float) -> str:
-    return "inf" if np.isinf(p) else f"{p:g}"
 
 
 # ------------------------------------------------------------------------------------- checks

@@ -7,6 +7,7 @@ output directory that a failed command created, so bad input never leaves a half
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import shutil
 import sys
@@ -19,10 +20,12 @@ import numpy as np
 
 from lpla.io import atomic_path, write_json_atomic
 from lpla.pipeline.attacking import AttackRun
+from lpla.pipeline.settings import AttackSettings, QuerySettings
 
 __all__ = [
     "RESULTS_FORMAT",
     "current_command",
+    "run_config",
     "run_directory",
     "save_norms",
     "save_scores",
@@ -74,6 +77,25 @@ def save_norms(path: Path, run: AttackRun) -> None:
         arrays["view_cosine"] = stats.sims["cosine"].mean(axis=1)
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
+
+
+def run_config(
+    attack: AttackSettings, run: AttackRun, clean_view0: bool, query: QuerySettings | None = None
+) -> dict[str, Any]:
+    """The ``config`` entries every run records: how it attacked (and queried, if it did)."""
+    config: dict[str, Any] = {
+        "p": ["inf" if np.isinf(v) else f"{v:g}" for v in attack.p],
+        "attacks": list(run.scores),
+        "views": run.results["views"],
+        "clean_view0": clean_view0,
+        "seed": attack.seed,
+        "n_bootstrap": attack.n_bootstrap,
+    }
+    if attack.attack_params:
+        config["attack_params"] = attack.attack_params
+    if query is not None:
+        config["query"] = dataclasses.asdict(query)
+    return config
 
 
 def write_run(
