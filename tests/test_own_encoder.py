@@ -4,8 +4,9 @@ A small encoder is trained here (lpla train, MLP, 32 members, 3 epochs), exporte
 user would (eval mode, dynamic batch dimension), and its member / non-member images are written
 as PNG folders. Then the walkthrough of docs/own-encoder.md runs end to end: ``lpla audit
 --encoder model.pt2 --members DIR --nonmembers DIR`` in-process and as a subprocess, with folders
-and with path lists, shadow-free and with a shadow encoder of the user's; and the mistakes a user
-makes exit 2 with one line and leave no run directory.
+and with path lists, shadow-free, with a shadow encoder of the user's and with shadows lpla
+trains on the user's images (``--train-shadows``); and the mistakes a user makes exit 2 with one
+line and leave no run directory.
 """
 
 from __future__ import annotations
@@ -209,6 +210,90 @@ def test_own_encoder_with_a_shadow_of_the_users(user: dict[str, Path], tmp_path:
     )
 
 
+def test_own_encoder_with_shadows_lpla_trains(user: dict[str, Path], tmp_path: Path) -> None:
+    """--train-shadows: one lpla shadow on half of the evaluated non-members, cached on re-run."""
+    from lpla.ssl.checkpoint import Checkpoint
+
+    out = tmp_path / "run"
+    args = ["audit", "--encoder", user["model"], "--members", user["members"],
+            "--nonmembers", user["nonmembers"], "--train-shadows", "simclr/mlp",
+            "--shadow-epochs", "2", *VIEWS, "--no-utility", "--out", out]  # fmt: skip
+    res = _cli(args)
+    assert res.exit_code == 0, res.output
+    assert "[run] train_shadow0" in res.output and "shadow: " in res.output
+    members, nonmembers = _files(user["members"]), _files(user["nonmembers"])
+    results = _check_run(out, members, nonmembers)
+    for name in ("lpla", "norm-threshold", "encodermi-t", "encodermi-v", "encodermi-s"):
+        entry = results["attacks"][name]
+        assert 0.0 <= entry["auc"] <= 1.0 and "0.01" in entry["tpr_at_fpr_ci95"], name
+        assert entry["balanced_accuracy"] is not None  # a threshold chosen on the shadow
+    # lpla-diff needs an encoder that saw none of the candidates; lpla-lira two shadows
+    assert "lpla-diff" not in results["attacks"] and "lpla-lira" not in results["attacks"]
+    assert results["knowledge"] == "lpla shadows (simclr/mlp) trained on your non-members"
+    recipe = results["config"]["train_shadows"]
+    assert recipe["recipe"] == "simclr/mlp" and recipe["dirs"] == ["shadows/shadow0"]
+    assert recipe["train"]["epochs"] == 2 and recipe["shadows"] == 1
+    ckpt = Checkpoint(out / "shadows" / "shadow0")
+    meta = ckpt.meta()
+    assert meta["finished"] and meta["epochs"] == 2 and meta["role"] == "shadow"
+    assert (meta["framework"], meta["backbone"]) == ("simclr", "mlp")
+    assert results["split"]["sizes"] == {
+        "target_member": 32,
+        "target_nonmember": 32,
+        "reference": 32,
+        "shadow_member": 16,  # a seeded half of the target's 32 evaluated non-members
+        "shadow_nonmember": 16,
+        "shadow_reference": 32,  # the target's reference set
+    }
+    images = json.loads((out / "images.json").read_text())
+    evaluated = {c["path"] for c in images["target"]["candidates"] if c["member"] == 0}
+    shadow = images["shadow"]
+    assert shadow["encoder"] == "shadows/shadow0"
+    assert {c["path"] for c in shadow["candidates"]} == evaluated
+    # both answer the same queries: the exported target's weak views, not SimCLR's
+    assert results["target"]["augmentation"] == results["shadow"]["augmentation"] == "weak"
+    assert any(n.startswith("shadows trained by lpla: 1 x simclr/mlp") for n in results["notes"])
+    assert not any("WARNING" in n for n in results["notes"])
+    # a re-run reuses the trained shadow and every embedding
+    digest = ckpt.weights_digest()
+    again = _cli(args)
+    assert again.exit_code == 0, again.output
+    assert "[cached] train_shadow0" in again.output
+    assert "[cached] embed_shadow_candidates" in again.output
+    assert ckpt.weights_digest() == digest
+    same = json.loads((out / "results.json").read_text())
+    assert same["attacks"]["encodermi-t"]["auc"] == results["attacks"]["encodermi-t"]["auc"]
+
+
+def test_own_encoder_with_paired_shadows_runs_lira(user: dict[str, Path], tmp_path: Path) -> None:
+    """--shadows 2: paired halves of every candidate, so lpla-lira sees members IN and OUT."""
+    out = tmp_path / "run"
+    res = _cli(
+        ["audit", "--encoder", user["model"], "--members", user["members"],
+         "--nonmembers", user["nonmembers"], "--train-shadows", "simclr/mlp", "--shadows", "2",
+         "--shadow-epochs", "1", *VIEWS, "--no-utility", "--out", out]
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert "lpla-lira" in results["attacks"] and "norm-threshold" in results["attacks"]
+    assert (
+        results["knowledge"]
+        == "2 lpla shadows (simclr/mlp) trained on paired halves of your images"
+    )
+    images = json.loads((out / "images.json").read_text())
+    candidates = {c["path"] for c in images["target"]["candidates"]}
+    trained = [
+        {c["path"] for c in images[f"shadow{i}"]["candidates"] if c["member"]} for i in (0, 1)
+    ]
+    for i in (0, 1):  # every candidate, member or not, is IN for exactly one of the two
+        assert {c["path"] for c in images[f"shadow{i}"]["candidates"]} == candidates
+    assert trained[0] | trained[1] == candidates and not trained[0] & trained[1]
+    assert (out / "shadows" / "shadow1" / "paired_halves.npz").is_file()
+    assert results["split"]["sizes"]["shadow0_member"] + results["split"]["sizes"][
+        "shadow1_member"
+    ] == len(candidates)
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -220,6 +305,11 @@ def test_own_encoder_with_a_shadow_of_the_users(user: dict[str, Path], tmp_path:
         ("shadow without its images", "needs --shadow-members and --shadow-nonmembers"),
         ("training option", "not for --encoder: --epochs"),
         ("encoder file as --target", "is a torch.export file, not an lpla checkpoint directory"),
+        ("unknown recipe", "--train-shadows simclrr/mlp: unknown framework 'simclrr'"),
+        ("unknown backbone", "--train-shadows simclr/mlpp: unknown backbone 'mlpp'"),
+        ("train and bring shadows", "--train-shadows simclr has lpla train shadow encoders"),
+        ("odd number of shadows", "--shadows must be 1 or an even number"),
+        ("shadow epochs alone", "go with --train-shadows RECIPE: --shadow-epochs"),
     ],
 )
 def test_mistakes_exit_2_with_one_line_and_no_run_directory(
@@ -227,6 +317,7 @@ def test_mistakes_exit_2_with_one_line_and_no_run_directory(
 ) -> None:
     (tmp_path / "empty.txt").write_text("# nothing yet\n")
     enc, m, n = user["model"], user["members"], user["nonmembers"]
+    own = ["--encoder", enc, "--members", m, "--nonmembers", n]
     args = {
         "missing folder": ["--encoder", enc, "--members", tmp_path / "nope", "--nonmembers", n],
         "a count with --encoder": ["--encoder", enc, "--members", "128", "--nonmembers", n],
@@ -238,6 +329,15 @@ def test_mistakes_exit_2_with_one_line_and_no_run_directory(
         ],
         "training option": ["--encoder", enc, "--members", m, "--nonmembers", n, "--epochs", "3"],
         "encoder file as --target": ["--target", enc, "--no-utility"],
+        "unknown recipe": [*own, "--train-shadows", "simclrr/mlp"],
+        "unknown backbone": [*own, "--train-shadows", "simclr/mlpp"],
+        "train and bring shadows": [
+            *(*own, "--train-shadows", "simclr", "--shadow", user["shadow"]),
+            *("--shadow-members", user["shadow_members"]),
+            *("--shadow-nonmembers", user["shadow_nonmembers"]),
+        ],
+        "odd number of shadows": [*own, "--train-shadows", "simclr", "--shadows", "3"],
+        "shadow epochs alone": [*own, "--shadow-epochs", "2"],
     }[case]
     out = tmp_path / "run"
     res = _cli(["audit", *args, "--out", out])

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from lpla.cli._common import attack_settings, parse_attack_params, parse_csv, user_errors
 from lpla.errors import LplaError
+
+if TYPE_CHECKING:
+    from lpla.pipeline.own import ShadowRecipe
 
 
 @user_errors
@@ -120,6 +123,20 @@ def audit_command(
     shadow_weights: str | None = typer.Option(
         None, help="with --encoder --shadow ENC: .safetensors weights of the shadow"
     ),
+    train_shadows: str | None = typer.Option(
+        None,
+        help="with --encoder and no shadow of yours: lpla trains shadow encoders on your images "
+        "with this recipe, FRAMEWORK[/BACKBONE] (e.g. simclr/mlp; the rest is the audit's "
+        "recipe), into --out/shadows/, so the shadow-fitted attacks run",
+    ),
+    shadows: int | None = typer.Option(
+        None,
+        help="with --train-shadows: how many, 1 (on half of your non-members) or an even "
+        "number (paired halves of all your images; adds lpla-lira) [1]",
+    ),
+    shadow_epochs: int | None = typer.Option(
+        None, help="with --train-shadows: training epochs [the recipe's]"
+    ),
 ) -> None:
     """Train target and shadow (or take yours), query them, run every attack, write the report.
 
@@ -138,6 +155,9 @@ def audit_command(
         "--shadow-nonmembers": shadow_nonmembers,
         "--shadow-reference": shadow_reference,
         "--shadow-weights": shadow_weights,
+        "--train-shadows": train_shadows,
+        "--shadows": shadows,
+        "--shadow-epochs": shadow_epochs,
     }
     if encoder is not None:
         _refuse(
@@ -172,6 +192,9 @@ def audit_command(
             shadow_members=shadow_members,
             shadow_nonmembers=shadow_nonmembers,
             shadow_reference=shadow_reference,
+            train_shadows=train_shadows,
+            shadows=shadows,
+            shadow_epochs=shadow_epochs,
             p=p,
             attacks=attacks,
             views=views,
@@ -303,6 +326,9 @@ def _audit_own(
     shadow_members: str | None,
     shadow_nonmembers: str | None,
     shadow_reference: str | None,
+    train_shadows: str | None,
+    shadows: int | None,
+    shadow_epochs: int | None,
     p: str | None,
     attacks: str | None,
     views: int | None,
@@ -314,7 +340,8 @@ def _audit_own(
     utility: bool,
     out: Path,
 ) -> None:
-    """Your encoder on your images: query, attack (shadow-free unless --shadow), report."""
+    """Your encoder on your images: query, attack (shadow-free unless --shadow or
+    --train-shadows), report."""
     from lpla.cli.tables import print_attack_table
     from lpla.pipeline import (
         EncoderRef,
@@ -344,6 +371,19 @@ def _audit_own(
     )
     own_shadow = None
     shadow_lists = {"--shadow-members": shadow_members, "--shadow-nonmembers": shadow_nonmembers}
+    if train_shadows is not None and shadow:
+        raise LplaError(
+            f"--train-shadows {train_shadows} has lpla train shadow encoders for you, --shadow "
+            f"{shadow[0]} brings yours: give one of them"
+        )
+    recipe = None
+    if train_shadows is not None:
+        recipe = _shadow_recipe(train_shadows, shadow_epochs, 1 if shadows is None else shadows)
+    else:
+        _refuse(
+            "these options go with --train-shadows RECIPE:",
+            {"--shadows": shadows, "--shadow-epochs": shadow_epochs},
+        )
     if len(shadow) > 1:
         raise LplaError("with --encoder, give one --shadow encoder (with its own image lists)")
     if shadow:
@@ -368,7 +408,7 @@ def _audit_own(
     query = settings_from(QuerySettings, views=views, seed=seed, device=device)
     attack = attack_settings(attacks, p, n_bootstrap, seed, attack_params)
     results = run_own(
-        OwnInputs(target, own_shadow, image_size),
+        OwnInputs(target, own_shadow, image_size, recipe),
         query,
         attack,
         out,
@@ -380,8 +420,39 @@ def _audit_own(
     print_attack_table(results, title=f"lpla audit: {encoder}")
     for note in results["notes"]:
         typer.echo(f"note: {note}")
+    for row in results.get("shadows") or []:
+        typer.echo(f"shadow: {out / row['encoder']} ({row['recipe']})")
     typer.echo(f"images: {out / IMAGES_FILE}")
     typer.echo(f"report: {out / 'report.html'}")
+
+
+def _shadow_recipe(recipe: str, epochs: int | None, count: int) -> ShadowRecipe:
+    """``--train-shadows FRAMEWORK[/BACKBONE]``: the audit's recipe with these changed."""
+    from lpla.audit.config import EncoderSpec
+    from lpla.pipeline.own import ShadowRecipe
+    from lpla.ssl.backbones import BACKBONES
+    from lpla.ssl.frameworks import FRAMEWORKS
+
+    framework, _, backbone = recipe.strip().partition("/")
+    try:
+        FRAMEWORKS.get(framework)
+        if backbone:
+            BACKBONES.get(backbone)
+    except LplaError as exc:
+        raise LplaError(
+            f"--train-shadows {recipe}: {exc}; a recipe is FRAMEWORK[/BACKBONE], e.g. simclr/mlp"
+        ) from None
+    if epochs is not None and epochs < 1:
+        raise LplaError(f"--shadow-epochs must be at least 1, got {epochs}")
+    changes: dict[str, Any] = {"framework": framework}
+    if backbone:
+        changes["backbone"] = backbone
+    if epochs is not None:
+        changes["epochs"] = epochs
+    spec = EncoderSpec(**changes)
+    shadow_recipe = ShadowRecipe(f"{spec.framework}/{spec.backbone}", spec.train_fields(), count)
+    shadow_recipe.validate()
+    return shadow_recipe
 
 
 def _check_split_fits(cfg: Any) -> None:

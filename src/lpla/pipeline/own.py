@@ -10,23 +10,31 @@ The audit is shadow-free by default: only attacks that need no shadow encoder ru
 and whatever else :func:`lpla.attacks.applicable_attacks` allows with 0 shadows), and the run's
 notes say which figures would need one. ``shadow`` adds an encoder of the user's, trained like
 the target on other images, with its own member / non-member lists: the shadow-fitted attacks
-and thresholds then run too. Querying, attacking and writing are the shared pipeline's
-(:func:`query_encoders`, :func:`run_attacks`, :func:`write_run`); this module adds the plans of
-image lists, ``images.json`` (which file each candidate row is) and utility on the user's labels.
+and thresholds then run too. Without a shadow of the user's, ``shadow_recipe`` has lpla train
+K shadow encoders itself, with one of its recipes, on the user's images
+(:class:`ShadowRecipe`, ``lpla audit --encoder ... --train-shadows simclr/mlp``): one on a seeded
+half of the evaluated non-members, or K (even) on paired halves of every candidate; they are
+lpla checkpoints in ``<out>/shadows/shadow{i}/``, reused by a re-run. Querying, attacking and
+writing are the shared pipeline's (:func:`query_encoders`, :func:`run_attacks`,
+:func:`write_run`); this module adds the plans of image lists, ``images.json`` (which file each
+candidate row is) and utility on the user's labels.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lpla.attacks import applicable_attacks
+from lpla.data.splits import MembershipSplit, labelled, make_paired_halves
 from lpla.errors import LplaError
 from lpla.io import write_json_atomic
 from lpla.pipeline.answers import CANDIDATES, EncoderAnswers
@@ -39,15 +47,22 @@ from lpla.pipeline.querying import (
     query_encoders,
 )
 from lpla.pipeline.settings import AttackSettings, QuerySettings
-from lpla.pipeline.stages import StageCache
+from lpla.pipeline.stages import StageCache, digest
 from lpla.pipeline.writing import run_config, run_directory, write_run
+from lpla.ssl.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from lpla.data.base import ImageDataset
+    from lpla.ssl.config import TrainConfig
 
 __all__ = [
     "IMAGES_FILE",
     "IMAGES_FORMAT",
     "MIN_REFERENCE",
+    "SHADOWS_DIR",
     "OwnEncoder",
     "OwnInputs",
+    "ShadowRecipe",
     "plan_own",
     "run_own",
 ]
@@ -57,6 +72,8 @@ IMAGES_FORMAT = "lpla-images/1"
 #: Below this many reference images, lpla-ref's calibration (mean and sd of the reference
 #: norms) is noisy enough to say so in the run's notes.
 MIN_REFERENCE = 100
+#: Where ``shadow_recipe`` puts the shadows it trains: ``<out>/shadows/shadow{i}/``.
+SHADOWS_DIR = "shadows"
 
 
 @dataclass(frozen=True)
@@ -74,18 +91,58 @@ class OwnEncoder:
 
 
 @dataclass(frozen=True)
+class ShadowRecipe:
+    """Shadow encoders for lpla to train on the user's images (``--train-shadows RECIPE``).
+
+    ``name``: the recipe as the user reads it (``simclr/mlp``); ``train``: the recipe as
+    :class:`~lpla.ssl.config.TrainConfig` keyword arguments (framework, backbone, epochs,
+    batch_size, lr, augmentation, ...), every default already resolved by the caller (the CLI
+    takes the audit's recipe, ``lpla.audit.config.EncoderSpec``); ``count``: K shadows, 1 or
+    an even number (paired halves).
+    """
+
+    name: str
+    train: Mapping[str, Any] = field(hash=False)
+    count: int = 1
+
+    def validate(self) -> None:
+        from lpla.ssl.config import TrainConfig
+
+        if self.count < 1 or (self.count > 1 and self.count % 2):
+            raise LplaError(
+                f"--shadows must be 1 or an even number (paired halves: every image is a "
+                f"member of half of the shadows), got {self.count}"
+            )
+        TrainConfig(**dict(self.train))  # unknown names, epochs < 1, ...: one clear error
+
+    def describe(self) -> dict[str, Any]:
+        return {"recipe": self.name, "shadows": self.count, "train": dict(self.train)}
+
+
+@dataclass(frozen=True)
 class OwnInputs:
-    """The target encoder and, optionally, a shadow encoder of the user's."""
+    """The target encoder and, optionally, a shadow of the user's or shadows for lpla to train."""
 
     target: OwnEncoder
     shadow: OwnEncoder | None = None
     image_size: int | None = None  # decode every image to N x N (default: see ImageSource)
+    shadow_recipe: ShadowRecipe | None = None
+
+    def __post_init__(self) -> None:
+        if self.shadow is not None and self.shadow_recipe is not None:
+            raise LplaError(
+                "--train-shadows trains shadow encoders for you and --shadow brings yours: "
+                "give one of them"
+            )
 
     def describe(self) -> dict[str, Any]:
         return {
             "target": _describe(self.target),
             "shadow": _describe(self.shadow) if self.shadow is not None else None,
             "image_size": self.image_size,
+            "train_shadows": (
+                self.shadow_recipe.describe() if self.shadow_recipe is not None else None
+            ),
         }
 
 
@@ -137,9 +194,11 @@ def run_own(
 ) -> dict[str, Any]:
     """Query the user's encoder(s) on their images, run the attacks, write the run into ``out``.
 
-    Writes ``results.json`` (with ``notes`` saying which figures need a shadow), ``scores.npz``,
-    ``norms.npz``, ``report.html``, ``images.json`` and ``embeddings/``; a run that fails
-    leaves no ``out`` it created. Returns the results document.
+    With ``inputs.shadow_recipe``, first train the shadows into ``out/shadows/`` (a finished
+    one with the same recipe and images is reused). Writes ``results.json`` (with ``notes``
+    saying which figures need a shadow), ``scores.npz``, ``norms.npz``, ``report.html``,
+    ``images.json`` and ``embeddings/``; a run that fails leaves no ``out`` it created. Returns
+    the results document.
     """
     query.validate()
     attack.validate()
@@ -149,6 +208,9 @@ def run_own(
         for spec in defenses:
             create_defense(spec)  # a typo fails before anything is written
     plans = plan_own(inputs, query.seed)  # every list is read before anything is written
+    jobs: list[_ShadowJob] = []
+    if inputs.shadow_recipe is not None:
+        jobs, query = _shadow_jobs(plans[0], inputs.shadow_recipe, query, out)
     timing: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -159,30 +221,43 @@ def run_own(
 
     with run_directory(out):
         stages = StageCache(out, log)
+        if jobs:
+            timed("train_shadows", lambda: _train_all(jobs, stages, progress))
+        all_plans = [*plans, *(job.plan for job in jobs)]
         target, *shadows = timed(
             "query",
             lambda: query_encoders(
-                plans, query, out / "embeddings", cache=stages, progress=progress
+                all_plans, query, out / "embeddings", cache=stages, progress=progress
             ),
         )
         run = timed("attacks", lambda: run_attacks(target, shadows, attack))
-        notes = _notes(inputs, plans, target, shadows, run.results, query.seed)
+        notes = _notes(inputs, plans, jobs, shadows, run.results, query.seed)
         for note in notes:
             if note.startswith("WARNING: "):
                 print(f"lpla: warning: {note.removeprefix('WARNING: ')}", file=sys.stderr)
-        write_json_atomic(out / IMAGES_FILE, images_document(plans, inputs, query.seed))
+        write_json_atomic(out / IMAGES_FILE, images_document(plans, inputs, query.seed, jobs))
+        config = inputs.describe() | run_config(attack, run, target.candidates.clean_view0, query)
+        if jobs:
+            config["train_shadows"] |= {"dirs": [job.relative for job in jobs]}
         extra: dict[str, Any] = {
             "title": title,
             "command": command,
-            "knowledge": "your shadow encoder" if shadows else "none (shadow-free)",
+            "knowledge": _knowledge(inputs, bool(shadows)),
             "target": _spec_row(inputs.target, target),
-            "shadow": _spec_row(inputs.shadow, shadows[0]) if shadows else None,
-            "config": inputs.describe()
-            | run_config(attack, run, target.candidates.clean_view0, query),
-            "split": _split(plans, inputs, query.seed),
+            "shadow": (
+                _spec_row(inputs.shadow, shadows[0])
+                if inputs.shadow is not None
+                else jobs[0].row(shadows[0])
+                if jobs
+                else None
+            ),
+            "config": config,
+            "split": _split(all_plans, inputs, query.seed),
             "images": IMAGES_FILE,
             "notes": list(run.results["notes"]) + notes,
         }
+        if jobs:
+            extra["shadows"] = [job.row(ans) for job, ans in zip(jobs, shadows, strict=True)]
         if defenses:
             extra["defenses"] = timed(
                 "defenses",
@@ -194,25 +269,220 @@ def run_own(
         return write_run(out, run, extra, report=True)
 
 
+def _knowledge(inputs: OwnInputs, has_shadows: bool) -> str:
+    recipe = inputs.shadow_recipe
+    if recipe is not None:
+        on = "your non-members" if recipe.count == 1 else "paired halves of your images"
+        many = f"{recipe.count} " if recipe.count > 1 else ""
+        return f"{many}lpla shadows ({recipe.name}) trained on {on}"
+    return "your shadow encoder" if has_shadows else "none (shadow-free)"
+
+
+# ------------------------------------------------------------------------------ trained shadows
+
+
+@dataclass
+class _ShadowJob:
+    """One shadow lpla trains on the user's images: where, on which rows, with which config.
+
+    The rows index the target's :class:`ImageSource` (the user's lists read as one dataset), so
+    the shadow is queried on the same files as the target; ``split`` says which rows it trained
+    on (``shadow_member``, or ``target_member`` + ``target_nonmember`` as the population of a
+    paired-halves design whose row ``config.shadow_index`` it is).
+    """
+
+    index: int
+    checkpoint: Checkpoint
+    relative: str  # the directory, relative to the run directory (results.json, images.json)
+    split: MembershipSplit
+    config: TrainConfig
+    dataset: ImageDataset
+    plan: EncoderPlan
+    design: str
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the weights (paths left out: a moved run directory stays cached)."""
+        return {k: v for k, v in self.config.to_dict().items() if k not in _RUN_ONLY}
+
+    def train(self, stages: StageCache, progress: bool) -> None:
+        from lpla.ssl.train import train_encoder
+
+        ckpt, fingerprint = self.checkpoint, self.split.fingerprint()
+
+        def run() -> None:
+            if ckpt.finished_with(self.settings(), fingerprint):
+                stages.log(f"[reused] train_shadow{self.index}: {ckpt.path} holds this run")
+                return
+            resume = self._resumable()
+            if not resume and ckpt.path.exists():
+                shutil.rmtree(ckpt.path)  # another recipe or other images: start afresh
+            ckpt.path.mkdir(parents=True, exist_ok=True)
+            self.split.save(ckpt.split_file)
+            cfg = dataclasses.replace(self.config, resume=resume, progress=progress)
+            train_encoder(cfg, dataset=self.dataset)
+
+        key = {"train": self.settings(), "split": fingerprint}
+        stages.run(f"train_shadow{self.index}", key, [ckpt.model_file, ckpt.meta_file], run)
+
+    def _resumable(self) -> bool:
+        """An unfinished run of exactly this config (an interrupted audit) continues."""
+        ckpt = self.checkpoint
+        if not (ckpt.meta_file.is_file() and ckpt.state_file.is_file()):
+            return False
+        meta = ckpt.meta()
+        saved = dict(meta.get("config") or {})
+        return (
+            {k: v for k, v in saved.items() if k not in _RUN_ONLY} == self.settings()
+            and saved.get("split") == self.config.split  # train_encoder compares the path too
+            and meta.get("split_fingerprint") == self.split.fingerprint()
+        )
+
+    def row(self, answers: EncoderAnswers) -> dict[str, Any]:
+        """The report's shadow column: what lpla trained, on which images."""
+        meta = answers.candidates.meta or {}
+        _, member = self.plan.images[CANDIDATES]
+        member = np.asarray(member)
+        return {
+            "encoder": self.relative,
+            "kind": meta.get("encoder_kind"),
+            "recipe": f"{self.config.framework}/{self.config.backbone}, "
+            f"{self.config.epochs} epochs",
+            "fingerprint": meta.get("encoder_fingerprint"),
+            "image_shape": meta.get("image_shape"),
+            "augmentation": meta.get("augmentation"),
+            "members": f"{int((member == 1).sum())} images: {self.design}",
+            "nonmembers": f"{int((member == 0).sum())}: the rest of them",
+            "reference": "the target's reference set",
+        }
+
+
+def _train_all(jobs: Sequence[_ShadowJob], stages: StageCache, progress: bool) -> None:
+    for job in jobs:
+        job.train(stages, progress)
+
+
+# TrainConfig fields that say how a shadow is run, not which weights it gets (the checkpoint's
+# own list: Checkpoint.finished_with ignores the same ones)
+_RUN_ONLY = frozenset({"out", "split", "resume", "progress", "device", "threads"})
+
+
+def _shadow_jobs(
+    target: EncoderPlan, recipe: ShadowRecipe, query: QuerySettings, out: Path
+) -> tuple[list[_ShadowJob], QuerySettings]:
+    """The shadows to train, and the query settings for target and shadows alike.
+
+    The shadows train on the target's images as the target is queried on them (the same
+    decoded size and channels). One shadow: a seeded random half of the evaluated non-members
+    are its members, the other half its non-members (the target's members are never in it).
+    K >= 2: paired halves (:func:`~lpla.data.splits.make_paired_halves`) of every candidate,
+    members and non-members alike, so that each image is a member of K/2 shadows and lpla-lira
+    has per-image IN and OUT statistics for the target's members as for its non-members.
+    Every shadow is queried on its own members and non-members and the target's reference set.
+    An exported target has no training augmentation lpla knows: both are then queried with the
+    target's (``weak``), so that the shadows' statistics are those the target's are compared to.
+    """
+    from lpla.ssl.config import TrainConfig
+
+    recipe.validate()
+    enc = target.encoder.load("cpu", query.layer)
+    ds = target.source.open(enc.image_shape)
+    channels, height, width = (int(v) for v in ds.info.image_shape)
+    if height != width:
+        raise LplaError(
+            f"--train-shadows trains lpla encoders, which take square images; yours decode to "
+            f"{height}x{width}: pass --image-size N"
+        )
+    idx, member = (np.asarray(a) for a in target.images[CANDIDATES])
+    members, pool = np.sort(idx[member == 1]), np.sort(idx[member == 0])
+    reference = target.images["reference"]
+    if recipe.count == 1:
+        order = np.random.default_rng(np.random.SeedSequence([query.seed, len(pool), 1]))
+        perm = order.permutation(len(pool))
+        half = len(pool) // 2
+        shadow_in, shadow_out = np.sort(pool[perm[:half]]), np.sort(pool[perm[half:]])
+        roles = {"shadow_member": shadow_in, "shadow_nonmember": shadow_out}
+        designs = [(shadow_in, shadow_out)]
+        design = "a seeded half of the evaluated non-members"
+    else:
+        roles = {"target_member": members, "target_nonmember": pool}
+        population = np.sort(np.concatenate([members, pool]))
+        halves = make_paired_halves(population, recipe.count, seed=query.seed)
+        designs = [
+            (np.sort(halves.members_of(i)), np.sort(population[~halves.membership[i]]))
+            for i in range(recipe.count)
+        ]
+        design = f"paired halves of the {len(population)} candidates, members and non-members alike"
+    if min(min(len(a), len(b)) for a, b in designs) < 2:
+        images = "evaluated non-members" if recipe.count == 1 else "candidates"
+        raise LplaError(
+            f"--train-shadows: too few {images} ({len(pool) if recipe.count == 1 else len(idx)}) "
+            "to give each shadow 2 members and 2 non-members; give more non-members or a "
+            "--reference list"
+        )
+    # The images' identity (files, sizes, mtimes, decoded shape) is in the dataset's name: a
+    # finished shadow is reused only for the images it trained on.
+    name = "your-images-" + digest([target.source.cache_key(), [channels, height, width]])[:8]
+    split = MembershipSplit(
+        dataset=name,
+        pool_size=len(ds),
+        seed=query.seed,
+        roles=roles | {"reference": np.asarray(reference[0])},
+    )
+    jobs = []
+    for i, (shadow_in, shadow_out) in enumerate(designs):
+        relative = f"{SHADOWS_DIR}/shadow{i}"
+        ckpt = Checkpoint(out / relative)
+        paired = {"shadow_index": i, "num_shadows": recipe.count} if recipe.count > 1 else {}
+        config = TrainConfig(
+            **{
+                **dict(recipe.train),
+                "out": str(ckpt.path),
+                "dataset": name,
+                "members": max(len(shadow_in), 2),
+                "seed": query.seed,
+                "role": "shadow",
+                "split": str(ckpt.split_file),
+                "device": query.device,
+                "utility": False,
+                **paired,
+            }
+        )
+        plan = EncoderPlan(
+            "shadow" if recipe.count == 1 else f"shadow{i}",
+            EncoderRef(str(ckpt.path)),
+            target.source,
+            {CANDIDATES: labelled(shadow_in, shadow_out), "reference": reference},
+        )
+        jobs.append(_ShadowJob(i, ckpt, relative, split, config, ds, plan, design))
+    if query.augmentation is None and enc.kind != "checkpoint":
+        query = dataclasses.replace(query, augmentation=enc.augmentation or "weak")
+    return jobs, query
+
+
 # ------------------------------------------------------------------------------ what is written
 
 
-def images_document(plans: Sequence[EncoderPlan], inputs: OwnInputs, seed: int) -> dict[str, Any]:
+def images_document(
+    plans: Sequence[EncoderPlan],
+    inputs: OwnInputs,
+    seed: int,
+    jobs: Sequence[_ShadowJob] = (),
+) -> dict[str, Any]:
     """``images.json``: which file each candidate row (of scores.npz, the embeddings) is.
 
     Per encoder: ``candidates`` in the order of the embeddings and of ``scores.npz`` (``row``),
     each with the ``index`` stored in the embeddings file (a row of the combined list), the
     image's ``path``, ``member`` (1/0) and ``label`` (null when unknown); ``reference_images``
-    likewise without ``member`` (the images that calibrate the attacks, never scored).
+    likewise without ``member`` (the images that calibrate the attacks, never scored). A shadow
+    lpla trained (``jobs``) lists its candidates (``member``: whether it trained on the image)
+    and names its directory and recipe; its reference images are the target's.
     """
     own = {"target": inputs.target, "shadow": inputs.shadow}
     doc: dict[str, Any] = {"format": IMAGES_FORMAT}
     for plan in plans:
         spec = own[plan.name]
         assert spec is not None
-        ds = plan.source.open()
-        paths: Sequence[str] = ds.paths  # type: ignore[attr-defined]
-        labels = np.asarray(ds.labels)
+        paths, labels = _paths_labels(plan)
         idx, member = plan.images[CANDIDATES]
         doc[plan.name] = {
             "encoder": plan.encoder.spec,
@@ -223,7 +493,23 @@ def images_document(plans: Sequence[EncoderPlan], inputs: OwnInputs, seed: int) 
             "candidates": _rows(idx, np.asarray(member), paths, labels),
             "reference_images": _rows(plan.images["reference"][0], None, paths, labels),
         }
+    for job in jobs:
+        paths, labels = _paths_labels(job.plan)
+        idx, member = job.plan.images[CANDIDATES]
+        doc[job.plan.name] = {
+            "encoder": job.relative,
+            "trained_by": f"lpla: {job.config.framework}/{job.config.backbone}, "
+            f"{job.config.epochs} epochs",
+            "members": job.design,
+            "reference_from": "the target's reference_images",
+            "candidates": _rows(idx, np.asarray(member), paths, labels),
+        }
     return doc
+
+
+def _paths_labels(plan: EncoderPlan) -> tuple[Sequence[str], np.ndarray]:
+    ds = plan.source.open()
+    return ds.paths, np.asarray(ds.labels)  # type: ignore[attr-defined]
 
 
 def _rows(
@@ -314,7 +600,7 @@ def _check_both(plan: EncoderPlan) -> None:
 def _notes(
     inputs: OwnInputs,
     plans: Sequence[EncoderPlan],
-    target: EncoderAnswers,
+    jobs: Sequence[_ShadowJob],
     shadows: Sequence[EncoderAnswers],
     results: dict[str, Any],
     seed: int,
@@ -354,8 +640,10 @@ def _notes(
             "chosen on a shadow; bal.acc* is the best threshold in hindsight, an upper bound). "
             "AUC and TPR at low FPR need no shadow. For the rest give --shadow ENC "
             "--shadow-members M2 --shadow-nonmembers N2 (an encoder of yours trained the same "
-            "way on other images)"
+            "way on other images), or have lpla train one: --train-shadows simclr/mlp"
         )
+    elif jobs:
+        notes += _trained_notes(inputs, jobs)
     else:
         notes.append(
             f"shadow encoder {inputs.shadow.encoder.spec if inputs.shadow else ''}: the "
@@ -363,6 +651,43 @@ def _notes(
             "as far as the shadow resembles the target (architecture, training recipe, data)"
         )
         notes += _path_overlap(plans)
+    return notes
+
+
+def _trained_notes(inputs: OwnInputs, jobs: Sequence[_ShadowJob]) -> list[str]:
+    """What the shadows lpla trained are, and what their numbers do and do not say."""
+    recipe = inputs.shadow_recipe
+    assert recipe is not None
+    first = jobs[0]
+    n_in = sorted({len(job.plan.trained_on()) for job in jobs})
+    n_all = len(first.plan.images[CANDIDATES][0])
+    each = f"{n_in[0]}" if len(n_in) == 1 else f"{n_in[0]}-{n_in[-1]}"
+    where = first.relative if len(jobs) == 1 else f"{SHADOWS_DIR}/shadow0..{len(jobs) - 1}"
+    notes = [
+        f"shadows trained by lpla: {len(jobs)} x {recipe.name} ({first.config.epochs} epochs, "
+        f"the audit's recipe otherwise) in {where}, each on {each} images: {first.design}; "
+        f"each is queried on its {n_all} candidates and on the target's reference set; the "
+        "shadow-fitted attacks and every threshold (bal.acc) come from them",
+        f"the shadows are {recipe.name}, not your encoder's architecture or training: the "
+        "shadow-fitted numbers are what an attacker without your recipe reaches (knowledge: "
+        "another framework/backbone); a shadow trained like your encoder (--shadow) may do "
+        "better. If your non-members come from another source than the members, the audit "
+        "measures that difference, not membership",
+    ]
+    if recipe.count == 1:
+        notes.append(
+            "the shadow trained on half of the target's evaluated non-members, which stay "
+            "evaluated: your encoder never saw them, and the attacks fitted on the shadow learn "
+            "thresholds of statistics, not images. lpla-diff does not run (its baseline must "
+            "come from an encoder that saw none of the candidates); lpla-lira needs "
+            "--shadows 2 or more"
+        )
+    else:
+        notes.append(
+            f"the shadows trained on your members too: every candidate, member of your encoder "
+            f"or not, is a member of {len(jobs) // 2} of the {len(jobs)} shadows (LiRA's "
+            "paired halves), so that lpla-lira compares each image's answers IN and OUT"
+        )
     return notes
 
 
