@@ -45,6 +45,9 @@ def test_seeds_summary_is_a_t_interval_over_seeds() -> None:
     assert a["tpr_at_fpr_mean"]["0.001"] is None  # undefined in any seed: undefined
     assert s["linear_probe_acc_mean"] == pytest.approx(0.81)
     assert seeds_summary(runs[:1])["attacks"]["a"]["auc_ci95_seeds"] is None
+    # rates stay rates: a wide interval around a small TPR is clipped at 0
+    spread = [{"attacks": {"a": _entry(0.6, y)}} for y in (0.0, 0.06, 0.0)]
+    assert seeds_summary(spread)["attacks"]["a"]["tpr_at_fpr_ci95_seeds"]["0.01"][0] == 0.0
 
 
 def test_tradeoff_interval_widens_with_seed_noise() -> None:

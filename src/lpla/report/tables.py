@@ -142,14 +142,15 @@ def views_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def _t_interval(values: Sequence[float]) -> list[float] | None:
-    """95% t-interval of the mean over seeds (None below two seeds)."""
+    """95% t-interval of the mean over seeds (None below two seeds), clipped to [0, 1]: every
+    quantity it is used for (AUC, TPR) is a rate."""
     from scipy.stats import t
 
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
         return None
     half = float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return [float(v.mean() - half), float(v.mean() + half)]
+    return [max(0.0, float(v.mean() - half)), min(1.0, float(v.mean() + half))]
 
 
 def seeds_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
