@@ -186,7 +186,7 @@ def _over_represented(hits_m: int, n_m: int, hits_n: int, n_n: int) -> bool:
 def _dims_note(target: EncoderAnswers, shadows: Sequence[EncoderAnswers]) -> list[str]:
     d = target.candidates.embeddings.shape[2]
     return [
-        f"shadow {sh.name} has D={sh.candidates.embeddings.shape[2]} vs target D={d}: only "
+        f"{sh.name} has D={sh.candidates.embeddings.shape[2]} vs the target's D={d}: only "
         "dimension-free statistics (norms, similarities) are transferred"
         for sh in shadows
         if sh.candidates.embeddings.shape[2] != d
