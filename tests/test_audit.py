@@ -171,8 +171,15 @@ def test_audit_config_unknown_key(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown option" in res.output
 
 
-def test_audit_subprocess_help() -> None:
+@pytest.mark.parametrize(
+    "command", ["audit", "attack", "utility", "train", "embed", "study", "report", "list"]
+)
+def test_subprocess_help(command: str) -> None:
+    """Every command's help renders (rich reads [..] in help texts as markup)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "lpla.cli", "audit", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "lpla.cli", command, "--help"], capture_output=True, text=True
     )
-    assert proc.returncode == 0 and "--knowledge" in proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Usage" in proc.stdout
+    if command == "audit":
+        assert "--knowledge" in proc.stdout and "--train-shadows" in proc.stdout
