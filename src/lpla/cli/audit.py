@@ -126,8 +126,8 @@ def audit_command(
     train_shadows: str | None = typer.Option(
         None,
         help="with --encoder and no shadow of yours: lpla trains shadow encoders on your images "
-        "with this recipe, FRAMEWORK or FRAMEWORK/BACKBONE (e.g. simclr/mlp; the rest is the audit's "
-        "recipe), into --out/shadows/, so the shadow-fitted attacks run",
+        "with this recipe, FRAMEWORK or FRAMEWORK/BACKBONE (e.g. simclr/mlp; the rest is the "
+        "audit's recipe), into --out/shadows/, so the shadow-fitted attacks run",
     ),
     shadows: int | None = typer.Option(
         None,
