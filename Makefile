@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The default audit, end to end, on the embedded Fashion-MNIST subset (CPU, ~10 minutes).
+# The default audit, end to end, on the embedded Fashion-MNIST subset (CPU, about 2.5 minutes).
 demo: $(STAMP)
 	$(BIN)/lpla audit --out runs/demo
 
