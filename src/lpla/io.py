@@ -7,6 +7,8 @@ one, even when the process is killed mid-write.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -86,3 +88,23 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LplaError(f"{what} {p} is not valid JSON ({exc}); re-create it") from None
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's content, computed once per version (size, mtime) of it per process.
+
+    Caches key on content, not paths, so a copied run directory stays cached and rewritten
+    weights do not.
+    """
+    p = Path(path)
+    st = p.stat()
+    return _digest_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -29,6 +29,7 @@ __all__ = [
     "QueryStats",
     "compute_stats",
     "list_similarities",
+    "p_label",
     "pair_indices",
     "parse_p",
 ]
@@ -68,7 +69,8 @@ def parse_p(p: PSpec) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _p_label(p: float) -> str:
+def p_label(p: float) -> str:
+    """A norm order as users write it and results.json records it: ``2``, ``inf``."""
     return "inf" if math.isinf(p) else f"{p:g}"
 
 
@@ -124,9 +126,9 @@ class QueryStats:
         for i, q in enumerate(self.p):
             if q == p:
                 return i
-        have = ", ".join(_p_label(q) for q in self.p)
+        have = ", ".join(p_label(q) for q in self.p)
         raise LplaError(
-            f"norm order p={_p_label(p)} was not computed (have p = {have}); "
+            f"norm order p={p_label(p)} was not computed (have p = {have}); "
             f"recompute the statistics with it"
         )
 
@@ -433,5 +435,5 @@ def compute_stats(
         )
     if not np.isfinite(norms).all():
         small = min(p_values)
-        raise LplaError(f"norms overflow float64 (p={_p_label(small)} is too small); use p >= 0.1")
+        raise LplaError(f"norms overflow float64 (p={p_label(small)} is too small); use p >= 0.1")
     return QueryStats(norms=norms, p=p_values, sims=sims, clean_view0=bool(clean_view0))

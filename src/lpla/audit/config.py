@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from lpla.attacks.features import p_label
 from lpla.errors import LplaError
 from lpla.pipeline.settings import AttackSettings, QuerySettings
 from lpla.registry import Registry
@@ -189,12 +188,9 @@ class AuditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["p"] = [_p_str(p) for p in self.p]
+        d["p"] = [p_label(p) for p in self.p]
         return d
 
-
-def _p_str(p: float) -> str:
-    return "inf" if np.isinf(p) else f"{p:g}"
 
 
 # --- knowledge settings: how the attacker's shadow differs from the target -----------------------

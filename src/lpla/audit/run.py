@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,9 @@ from lpla.data.splits import MembershipSplit, make_split
 from lpla.errors import LplaError
 from lpla.io import write_json_atomic
 from lpla.pipeline.attacking import run_attacks, run_defended
+from lpla.pipeline.given import checkpoint_utility
 from lpla.pipeline.querying import plan_checkpoint, query_encoders
-from lpla.pipeline.stages import StageCache
+from lpla.pipeline.stages import StageCache, Timings
 from lpla.pipeline.writing import write_run
 from lpla.ssl.checkpoint import SPLIT_FILE, Checkpoint
 
@@ -201,20 +201,11 @@ def _utility_stage(cfg: AuditConfig, out: Path, device: str) -> dict[str, Any]:
     stored = ckpt.utility()
     if stored:
         return stored
-    from lpla.encoders import load_any_encoder
-    from lpla.utility import dataset_utility
-
-    enc = load_any_encoder(str(ckpt.path), device=device)
-    result = dataset_utility(
-        enc.module,
-        cfg.dataset,
-        data_root=cfg.data_root,
-        train_limit=cfg.utility_train_limit,
-        device=device,
-        seed=cfg.seed,
+    result = checkpoint_utility(
+        ckpt, device, cfg.seed, data_root=cfg.data_root, train_limit=cfg.utility_train_limit
     )
     write_json_atomic(out / "utility.json", result)
-    return dict(result)
+    return result
 
 
 def run_audit(
@@ -277,14 +268,8 @@ def _run_one(
     device = resolve_device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     stages = StageCache(out, log)
-    timing: dict[str, float] = {}
+    timed = Timings()
     sh_spec = shadow_spec(cfg)
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        result = fn()
-        timing[name] = round(time.perf_counter() - t0, 2)
-        return result
 
     splits = timed("split", lambda: _split_stage(cfg, sh_spec, out, stages))
     timed(
@@ -324,7 +309,7 @@ def _run_one(
         )
     if utility is not None:
         extra["utility"] = utility
-    extra["timing_s"] = timing
+    extra["timing_s"] = dict(timed)
     return write_run(out, run, extra, report=True)
 
 

@@ -24,8 +24,9 @@ from lpla.pipeline.attacking import run_attacks
 from lpla.pipeline.querying import plan_checkpoint, query_encoders
 from lpla.pipeline.settings import AttackSettings, QuerySettings
 from lpla.pipeline.writing import run_config, run_directory, write_run
+from lpla.ssl.checkpoint import Checkpoint
 
-__all__ = ["GivenInputs", "open_answers", "run_given"]
+__all__ = ["GivenInputs", "checkpoint_utility", "open_answers", "run_given"]
 
 
 @dataclass
@@ -155,29 +156,34 @@ def _split_of(inputs: GivenInputs, target: EncoderAnswers) -> dict[str, Any]:
     }
 
 
-def _utility(inputs: GivenInputs, query: QuerySettings) -> dict[str, Any] | None:
-    """The target checkpoint's stored utility, measured now if it has none."""
-    if inputs.target is None:
-        return None
-    from lpla.encoders import load_any_encoder
-    from lpla.runtime import resolve_device
-    from lpla.ssl.checkpoint import Checkpoint
-    from lpla.utility import dataset_utility
-
-    ckpt = Checkpoint.open(inputs.target)
-    stored = ckpt.utility()
+def checkpoint_utility(
+    checkpoint: Checkpoint,
+    device: str,
+    seed: int,
+    *,
+    data_root: str | None = None,
+    train_limit: int | None = 10000,
+) -> dict[str, Any]:
+    """A checkpoint's utility: the one stored at the end of training, else measured now on its
+    dataset's train/test splits (``data_root`` overrides the one in its config)."""
+    stored = checkpoint.utility()
     if stored:
         return stored
-    config = ckpt.config()
-    device = resolve_device(query.device)
-    enc = load_any_encoder(str(ckpt.path), device=device)
+    from lpla.encoders import load_any_encoder
+    from lpla.runtime import resolve_device
+    from lpla.utility import dataset_utility
+
+    config = checkpoint.config()
+    device = resolve_device(device)
+    enc = load_any_encoder(str(checkpoint.path), device=device)
     return dataset_utility(
         enc.module,
         str(config.get("dataset")),
-        data_root=config.get("data_root"),
+        data_root=data_root or config.get("data_root"),
         image_size=config.get("image_size"),
+        train_limit=train_limit,
         device=device,
-        seed=query.seed,
+        seed=seed,
     )
 
 
@@ -215,7 +221,11 @@ def run_given(
             ),
             "split": _split_of(inputs, target),
         }
-        util = _utility(inputs, query) if utility else None
+        util = (
+            checkpoint_utility(Checkpoint.open(inputs.target), query.device, query.seed)
+            if utility and inputs.target is not None
+            else None
+        )
         if util:
             extra["utility"] = util
         return write_run(out, run, extra, report=report)

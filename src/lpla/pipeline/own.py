@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +46,9 @@ from lpla.pipeline.querying import (
     query_encoders,
 )
 from lpla.pipeline.settings import AttackSettings, QuerySettings
-from lpla.pipeline.stages import StageCache, digest
+from lpla.pipeline.stages import StageCache, Timings, digest
 from lpla.pipeline.writing import run_config, run_directory, write_run
-from lpla.ssl.checkpoint import Checkpoint
+from lpla.ssl.checkpoint import RUN_ONLY_KEYS, Checkpoint
 
 if TYPE_CHECKING:
     from lpla.data.base import ImageDataset
@@ -211,13 +210,7 @@ def run_own(
     jobs: list[_ShadowJob] = []
     if inputs.shadow_recipe is not None:
         jobs, query = _shadow_jobs(plans[0], inputs.shadow_recipe, query, out)
-    timing: dict[str, float] = {}
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        result = fn()
-        timing[name] = round(time.perf_counter() - t0, 2)
-        return result
+    timed = Timings()
 
     with run_directory(out):
         stages = StageCache(out, log)
@@ -265,7 +258,7 @@ def run_own(
             )
         if utility:
             extra["utility"] = timed("utility", lambda: own_utility(plans[0], query))
-        extra["timing_s"] = timing
+        extra["timing_s"] = dict(timed)
         return write_run(out, run, extra, report=True)
 
 
@@ -302,7 +295,7 @@ class _ShadowJob:
 
     def settings(self) -> dict[str, Any]:
         """What decides the weights (paths left out: a moved run directory stays cached)."""
-        return {k: v for k, v in self.config.to_dict().items() if k not in _RUN_ONLY}
+        return {k: v for k, v in self.config.to_dict().items() if k not in RUN_ONLY_KEYS}
 
     def train(self, stages: StageCache, progress: bool) -> None:
         from lpla.ssl.train import train_encoder
@@ -327,14 +320,11 @@ class _ShadowJob:
     def _resumable(self) -> bool:
         """An unfinished run of exactly this config (an interrupted audit) continues."""
         ckpt = self.checkpoint
-        if not (ckpt.meta_file.is_file() and ckpt.state_file.is_file()):
-            return False
-        meta = ckpt.meta()
-        saved = dict(meta.get("config") or {})
         return (
-            {k: v for k, v in saved.items() if k not in _RUN_ONLY} == self.settings()
-            and saved.get("split") == self.config.split  # train_encoder compares the path too
-            and meta.get("split_fingerprint") == self.split.fingerprint()
+            ckpt.state_file.is_file()
+            and ckpt.trained_with(self.settings(), self.split.fingerprint())
+            # train_encoder compares the split file's path too
+            and ckpt.config().get("split") == self.config.split
         )
 
     def row(self, answers: EncoderAnswers) -> dict[str, Any]:
@@ -359,11 +349,6 @@ class _ShadowJob:
 def _train_all(jobs: Sequence[_ShadowJob], stages: StageCache, progress: bool) -> None:
     for job in jobs:
         job.train(stages, progress)
-
-
-# TrainConfig fields that say how a shadow is run, not which weights it gets (the checkpoint's
-# own list: Checkpoint.finished_with ignores the same ones)
-_RUN_ONLY = frozenset({"out", "split", "resume", "progress", "device", "threads"})
 
 
 def _shadow_jobs(

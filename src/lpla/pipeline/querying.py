@@ -18,7 +18,6 @@ is given: :func:`reference_cut`).
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 from lpla.data.splits import MembershipSplit, labelled
 from lpla.embeddings import EmbeddingsFile, open_embeddings
 from lpla.errors import LplaError
+from lpla.io import file_digest
 from lpla.pipeline.answers import CANDIDATES, EncoderAnswers
 from lpla.pipeline.settings import QuerySettings
 from lpla.pipeline.stages import StageCache, digest
@@ -109,8 +109,8 @@ class EncoderRef:
         else:
             path = Path(self.spec)
             key = {
-                "encoder": {"file": _file_digest(path)} if path.is_file() else {"spec": self.spec},
-                "weights": _file_digest(Path(self.weights)) if self.weights else None,
+                "encoder": {"file": file_digest(path)} if path.is_file() else {"spec": self.spec},
+                "weights": file_digest(Path(self.weights)) if self.weights else None,
                 "normalize": self.normalize,
             }
         if self.pool is not None:
@@ -138,10 +138,6 @@ class ImageSource:
     def __post_init__(self) -> None:
         if (self.dataset is None) == (not self.lists):
             raise ValueError("an ImageSource is a dataset or image lists (exactly one)")
-
-    @property
-    def is_lists(self) -> bool:
-        return bool(self.lists)
 
     def name(self) -> str:
         """The dataset name recorded in embeddings files: image lists get one of their own.
@@ -199,21 +195,6 @@ class ImageSource:
         )
 
 
-@functools.lru_cache(maxsize=64)
-def _digest_of(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    """Content hash of a file (computed once per version of the file in a process)."""
-    st = path.stat()
-    return _digest_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
 @dataclass
 class EncoderPlan:
     """One encoder, where its images come from, and the images to query it on, by role."""
@@ -222,10 +203,6 @@ class EncoderPlan:
     encoder: EncoderRef
     source: ImageSource
     images: dict[str, Images] = field(default_factory=dict)
-
-    @property
-    def checkpoint(self) -> Checkpoint | None:
-        return self.encoder.checkpoint
 
     def trained_on(self) -> np.ndarray:
         """The indices of this encoder's members among its candidates."""

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lpla.io import read_json, write_json_atomic
 
-__all__ = ["StageCache", "digest"]
+T = TypeVar("T")
+
+__all__ = ["StageCache", "Timings", "digest"]
 
 
 def digest(obj: Any) -> str:
@@ -42,3 +45,14 @@ class StageCache:
         self.done[name] = key_digest
         write_json_atomic(self.path, self.done)
         return True
+
+
+class Timings(dict[str, float]):
+    """Wall-clock seconds per stage of a run, as results.json's ``timing_s`` records them."""
+
+    def __call__(self, name: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``, record how long it took under ``name``, return its result."""
+        t0 = time.perf_counter()
+        result = fn()
+        self[name] = round(time.perf_counter() - t0, 2)
+        return result

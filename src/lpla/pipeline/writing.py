@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from lpla.attacks.features import p_label
 from lpla.io import atomic_path, write_json_atomic
 from lpla.pipeline.attacking import AttackRun
 from lpla.pipeline.settings import AttackSettings, QuerySettings
@@ -84,7 +85,7 @@ def run_config(
 ) -> dict[str, Any]:
     """The ``config`` entries every run records: how it attacked (and queried, if it did)."""
     config: dict[str, Any] = {
-        "p": ["inf" if np.isinf(v) else f"{v:g}" for v in attack.p],
+        "p": [p_label(v) for v in attack.p],
         "attacks": list(run.scores),
         "views": run.results["views"],
         "clean_view0": clean_view0,

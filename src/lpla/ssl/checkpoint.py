@@ -20,7 +20,6 @@ last, so a reader that finds it also finds the tensors it describes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lpla.errors import LplaError
-from lpla.io import atomic_path, read_json, write_json_atomic
+from lpla.io import atomic_path, file_digest, read_json, write_json_atomic
 
 FORMAT = "lpla-ssl-checkpoint"
 FORMAT_VERSION = 1
@@ -42,8 +41,8 @@ META_FILE = "checkpoint.json"
 SPLIT_FILE = "split.json"
 PAIRED_HALVES_FILE = "paired_halves.npz"
 UTILITY_FILE = "utility.json"
-# config keys that say how a run was executed, not which weights it produced
-_RUNTIME_KEYS = ("out", "split", "resume", "progress", "device", "threads")
+#: TrainConfig keys that say how a run was executed, not which weights it produced
+RUN_ONLY_KEYS = frozenset({"out", "split", "resume", "progress", "device", "threads"})
 
 
 # ---- writing -------------------------------------------------------------------------------
@@ -356,21 +355,22 @@ class Checkpoint:
 
     def weights_digest(self) -> str:
         """Content hash of the weights: a copied run stays cached, retrained weights do not."""
-        h = hashlib.sha256()
-        with open(self.model_file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return file_digest(self.model_file)
+
+    def trained_with(self, settings: dict[str, Any], fingerprint: str) -> bool:
+        """The run described here (finished or not) has these settings (RUN_ONLY_KEYS aside)
+        and trained on the split with this fingerprint."""
+        if not self.meta_file.is_file():
+            return False
+        meta = read_json(self.meta_file)
+        saved = {k: v for k, v in (meta.get("config") or {}).items() if k not in RUN_ONLY_KEYS}
+        wanted = {k: v for k, v in settings.items() if k not in RUN_ONLY_KEYS}
+        return meta.get("split_fingerprint") == fingerprint and saved == wanted
 
     def finished_with(self, settings: dict[str, Any], fingerprint: str) -> bool:
         """A finished run trained with these settings on the split with this fingerprint."""
-        if not self.has_weights():
-            return False
-        meta = read_json(self.meta_file)
-        saved = {k: v for k, v in (meta.get("config") or {}).items() if k not in _RUNTIME_KEYS}
-        wanted = {k: v for k, v in settings.items() if k not in _RUNTIME_KEYS}
         return (
-            bool(meta.get("finished"))
-            and meta.get("split_fingerprint") == fingerprint
-            and saved == wanted
+            self.has_weights()
+            and bool(read_json(self.meta_file).get("finished"))
+            and self.trained_with(settings, fingerprint)
         )
