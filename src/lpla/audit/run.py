@@ -17,7 +17,7 @@ import dataclasses
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from lpla.pipeline.stages import StageCache, Timings
 from lpla.pipeline.writing import write_run
 from lpla.ssl.checkpoint import SPLIT_FILE, Checkpoint
 
+if TYPE_CHECKING:
+    from lpla.ssl.config import TrainConfig
+
 __all__ = [
     "SHADOW_SPLIT_FILE",
     "encoder_dir",
@@ -39,6 +42,8 @@ __all__ = [
     "run_audit",
     "split_sizes",
     "target_split",
+    "train_config",
+    "train_settings",
 ]
 
 # The run directory holds the audit's split as a checkpoint does (SPLIT_FILE), and the shadow's
@@ -140,6 +145,45 @@ def _split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: StageCach
     return Splits(target, MembershipSplit.load(s_path) if other else target)
 
 
+def train_config(
+    cfg: AuditConfig,
+    spec: EncoderSpec,
+    role: str,
+    split_file: Path,
+    out: Path,
+    device: str,
+    *,
+    offset: int,
+) -> TrainConfig:
+    """The TrainConfig of one of the audit's encoders; ``offset`` tells its seed apart.
+
+    Replicates (``--seeds``) differ in training randomness only: same split, same queries.
+    """
+    from lpla.ssl.train import TrainConfig
+
+    dataset = spec.dataset or cfg.dataset
+    return TrainConfig(
+        dataset=dataset,
+        data_root=cfg.data_root if dataset == cfg.dataset else None,
+        members=cfg.members,
+        seed=cfg.seed + 1000 * cfg.replicate + offset,
+        out=str(out),
+        role=role,
+        split=str(split_file),
+        device=device,
+        utility=cfg.utility and role == "target",
+        utility_train_limit=cfg.utility_train_limit,
+        progress=True,
+        **spec.train_fields(),
+    )
+
+
+def train_settings(tcfg: TrainConfig) -> dict[str, Any]:
+    """A training run's cache key: its config without paths, so that a moved or copied run
+    directory stays cached."""
+    return {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in ("out", "split")}
+
+
 def _train_stage(
     cfg: AuditConfig,
     spec: EncoderSpec,
@@ -150,7 +194,7 @@ def _train_stage(
     device: str,
 ) -> None:
     """Train (or resume) one encoder; a finished checkpoint with the same config is reused."""
-    from lpla.ssl.train import TrainConfig, train_encoder
+    from lpla.ssl.train import train_encoder
 
     split = splits.target if role == "target" else splits.shadow
     split_file = out / (SPLIT_FILE if split is splits.target else SHADOW_SPLIT_FILE)
@@ -166,24 +210,10 @@ def _train_stage(
             raise LplaError(f"target_dir {ckpt.path} holds no trained encoder")
         stages.log("[shared] train_target: " + str(ckpt.path))
         return
-    dataset = spec.dataset or cfg.dataset
-    tcfg = TrainConfig(
-        dataset=dataset,
-        data_root=cfg.data_root if dataset == cfg.dataset else None,
-        members=cfg.members,
-        # replicates differ in training randomness only (same split, same queries)
-        seed=cfg.seed + 1000 * cfg.replicate + (0 if role == "target" else 1),
-        out=str(ckpt.path),
-        role=role,
-        split=str(split_file),
-        device=device,
-        utility=cfg.utility and role == "target",
-        utility_train_limit=cfg.utility_train_limit,
-        progress=True,
-        **spec.train_fields(),
+    tcfg = train_config(
+        cfg, spec, role, split_file, ckpt.path, device, offset=0 if role == "target" else 1
     )
-    # Paths are left out of the key so that a moved or copied run directory stays cached.
-    settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in ("out", "split")}
+    settings = train_settings(tcfg)
     key = {"train": settings, "split": split.fingerprint()}
 
     def train() -> None:

@@ -376,3 +376,132 @@ def make_paired_halves(population: np.ndarray, num_shadows: int, seed: int) -> P
     rng = np.random.default_rng(int(seed))
     ranks = np.argsort(np.argsort(rng.random((num_shadows, len(pop))), axis=0), axis=0)
     return PairedHalves(index=pop, membership=ranks < num_shadows // 2, seed=int(seed))
+
+
+KEEP_MATRIX_FORMAT = 1
+
+
+@dataclass
+class KeepMatrix:
+    """``keep[r, j]``: candidate ``index[j]`` is a member of reference encoder ``r``.
+
+    The per-image calibration design of ``lpla audit --reference-models M`` (LiRA's keep matrix):
+    the target and M reference encoders train on subsets of one candidate pool. Every reference
+    trains on exactly ``members`` candidates (the target's member count, so one recipe gives the
+    same steps per epoch), and each candidate is IN for as many references as the others, give
+    or take one. ``target`` is the target's own membership over the same candidates, stored so
+    the file describes the whole design.
+    """
+
+    index: np.ndarray
+    keep: np.ndarray
+    target: np.ndarray
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.index = _as_index_array(np.asarray(self.index), "keep-matrix index")
+        keep, target = np.asarray(self.keep), np.asarray(self.target)
+        if keep.dtype != np.bool_ or target.dtype != np.bool_:
+            raise LplaError("keep matrix and target membership must be boolean")
+        n = len(self.index)
+        if keep.ndim != 2 or keep.shape[1] != n or target.shape != (n,):
+            raise LplaError(
+                f"keep matrix must be [references, {n}] with a target row of {n}; got "
+                f"{list(keep.shape)} and {list(target.shape)}"
+            )
+        if keep.shape[0] < 1:
+            raise LplaError("a keep matrix needs at least one reference encoder")
+        if n == 0 or len(np.unique(self.index)) != n or self.index.min() < 0:
+            raise LplaError("keep-matrix index must hold distinct non-negative dataset indices")
+        self.keep, self.target = keep, target
+
+    @property
+    def num_references(self) -> int:
+        return int(self.keep.shape[0])
+
+    def members_of(self, r: int) -> np.ndarray:
+        """Sorted dataset indices that train reference ``r``."""
+        return np.sort(self.index[self.keep[r]])
+
+    def nonmembers_of(self, r: int) -> np.ndarray:
+        """Sorted candidates held out from reference ``r`` (its OUT images)."""
+        return np.sort(self.index[~self.keep[r]])
+
+    def summary(self) -> dict[str, Any]:
+        """What results.json records of the design: sizes and how balanced it is."""
+        counts = self.keep.sum(axis=0)
+        return {
+            "references": self.num_references,
+            "candidates": len(self.index),
+            "members_per_reference": int(self.keep[0].sum()),
+            "in_per_candidate": {"min": int(counts.min()), "max": int(counts.max())},
+            "seed": self.seed,
+        }
+
+    def save(self, path: str | Path) -> None:
+        meta = {"format": KEEP_MATRIX_FORMAT, "kind": "keep-matrix"} | self.summary()
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(
+                tmp,
+                index=self.index,
+                keep=self.keep,
+                target=self.target,
+                seed=np.int64(self.seed),
+                meta=np.array(json.dumps(meta)),
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> KeepMatrix:
+        p = Path(path)
+        if not p.is_file():
+            raise LplaError(f"keep-matrix file not found: {p}")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                index, keep, target = z["index"], z["keep"], z["target"]
+                seed = int(z["seed"])
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as exc:
+            raise LplaError(f"{p} is not a keep-matrix file ({exc}); re-create it") from None
+        if not isinstance(meta, dict) or meta.get("kind") != "keep-matrix":
+            raise LplaError(f"{p} is not a keep-matrix file; re-create it")
+        if meta.get("format") != KEEP_MATRIX_FORMAT:
+            raise LplaError(
+                f"{p} is a keep matrix of format {meta.get('format')!r}; this lpla reads "
+                f"format {KEEP_MATRIX_FORMAT}: re-create it"
+            )
+        try:
+            return cls(index=index, keep=keep, target=target, seed=seed)
+        except LplaError as exc:
+            raise LplaError(f"{p}: {exc.message}; re-create it") from None
+
+
+def make_keep_matrix(
+    candidates: np.ndarray, target_members: np.ndarray, num_references: int, seed: int
+) -> KeepMatrix:
+    """M reference member sets over ``candidates``, each as large as the target's, balanced.
+
+    Reference r takes the ``len(target_members)`` candidates with the lowest
+    ``IN-count-so-far + U(0, 1)``: a uniformly random subset among the least used candidates, so
+    sets are random yet every candidate ends IN for ``floor`` or ``ceil(M * n / P)`` references.
+    With ``P = 2n`` candidates this is LiRA's random halves. Reproducible from the arguments.
+    """
+    if not _is_int(num_references) or num_references < 1:
+        raise LplaError(f"--reference-models must be at least 1, got {num_references!r}")
+    index = np.sort(_as_index_array(np.asarray(candidates), "candidates"))
+    members = _as_index_array(np.asarray(target_members), "target members")
+    target = np.isin(index, members)
+    if target.sum() != len(np.unique(members)):
+        raise LplaError("every target member must be one of the candidates")
+    n = int(target.sum())
+    if n < 2 or n >= len(index):
+        raise LplaError(
+            f"a keep matrix needs 2 <= members < candidates; got {n} members of {len(index)}"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6B656570]))
+    counts = np.zeros(len(index))
+    keep = np.zeros((num_references, len(index)), dtype=bool)
+    for r in range(num_references):
+        chosen = np.argsort(counts + rng.random(len(index)), kind="stable")[:n]
+        keep[r, chosen] = True
+        counts[chosen] += 1
+    return KeepMatrix(index=index, keep=keep, target=target, seed=int(seed))
