@@ -126,6 +126,9 @@ class AuditConfig:
     # per-attack hyper-parameters, e.g. {"encodermi-t": {"calibration": "reference"}}
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     defenses: tuple[str, ...] = ()
+    # M > 0: per-image calibration on M reference encoders trained on random member sets of the
+    # candidates (a keep matrix), instead of one population shadow (--reference-models)
+    reference_models: int = 0
     utility: bool = True
     utility_train_limit: int = 10000  # probe-training images (the test split is used whole)
     device: str = "auto"
@@ -163,6 +166,15 @@ class AuditConfig:
         self.attack_settings().validate()
         if self.target.epochs < 1:
             raise LplaError(f"--epochs must be at least 1, got {self.target.epochs}")
+        if self.reference_models < 0:
+            raise LplaError(f"--reference-models must be >= 0, got {self.reference_models}")
+        sh_data = shadow_spec(self).dataset
+        if self.reference_models and sh_data is not None and sh_data != self.dataset:
+            raise LplaError(
+                "--reference-models calibrates each candidate on encoders that trained on it, "
+                f"so they must train on {self.dataset}, not {sh_data}; drop other-data from "
+                "--knowledge"
+            )
         for part in self.knowledge.split("+"):
             KNOWLEDGE.get(part)
         self._check_names()
@@ -190,7 +202,6 @@ class AuditConfig:
         d = dataclasses.asdict(self)
         d["p"] = [p_label(p) for p in self.p]
         return d
-
 
 
 # --- knowledge settings: how the attacker's shadow differs from the target -----------------------

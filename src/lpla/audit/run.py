@@ -17,11 +17,13 @@ import dataclasses
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from lpla.audit.config import POWER_IMAGES, AuditConfig, EncoderSpec, shadow_spec
+from lpla.audit.references import KEEP_FILE, REFERENCES_DIR, plan_references, train_references
+from lpla.audit.training import train_config, train_settings
 from lpla.data.splits import MembershipSplit, make_split
 from lpla.errors import LplaError
 from lpla.io import write_json_atomic
@@ -32,9 +34,6 @@ from lpla.pipeline.stages import StageCache, Timings
 from lpla.pipeline.writing import write_run
 from lpla.ssl.checkpoint import SPLIT_FILE, Checkpoint
 
-if TYPE_CHECKING:
-    from lpla.ssl.config import TrainConfig
-
 __all__ = [
     "SHADOW_SPLIT_FILE",
     "encoder_dir",
@@ -42,8 +41,6 @@ __all__ = [
     "run_audit",
     "split_sizes",
     "target_split",
-    "train_config",
-    "train_settings",
 ]
 
 # The run directory holds the audit's split as a checkpoint does (SPLIT_FILE), and the shadow's
@@ -143,45 +140,6 @@ def _split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: StageCach
     stages.run("split", key, [t_path] + ([s_path] if other else []), build)
     target = MembershipSplit.load(t_path)
     return Splits(target, MembershipSplit.load(s_path) if other else target)
-
-
-def train_config(
-    cfg: AuditConfig,
-    spec: EncoderSpec,
-    role: str,
-    split_file: Path,
-    out: Path,
-    device: str,
-    *,
-    offset: int,
-) -> TrainConfig:
-    """The TrainConfig of one of the audit's encoders; ``offset`` tells its seed apart.
-
-    Replicates (``--seeds``) differ in training randomness only: same split, same queries.
-    """
-    from lpla.ssl.train import TrainConfig
-
-    dataset = spec.dataset or cfg.dataset
-    return TrainConfig(
-        dataset=dataset,
-        data_root=cfg.data_root if dataset == cfg.dataset else None,
-        members=cfg.members,
-        seed=cfg.seed + 1000 * cfg.replicate + offset,
-        out=str(out),
-        role=role,
-        split=str(split_file),
-        device=device,
-        utility=cfg.utility and role == "target",
-        utility_train_limit=cfg.utility_train_limit,
-        progress=True,
-        **spec.train_fields(),
-    )
-
-
-def train_settings(tcfg: TrainConfig) -> dict[str, Any]:
-    """A training run's cache key: its config without paths, so that a moved or copied run
-    directory stays cached."""
-    return {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in ("out", "split")}
 
 
 def _train_stage(
@@ -305,23 +263,36 @@ def _run_one(
     timed(
         "train_target", lambda: _train_stage(cfg, cfg.target, "target", splits, out, stages, device)
     )
-    timed("train_shadow", lambda: _train_stage(cfg, sh_spec, "shadow", splits, out, stages, device))
-    plans = [
-        plan_checkpoint("target", encoder_dir(cfg, out, "target").path, cfg.data_root),
-        plan_checkpoint("shadow", encoder_dir(cfg, out, "shadow").path),
-    ]
+    plans = [plan_checkpoint("target", encoder_dir(cfg, out, "target").path, cfg.data_root)]
+    keep = None
+    if cfg.reference_models:
+        keep = timed(
+            "train_references",
+            lambda: train_references(cfg, sh_spec, splits.target, out, stages, device),
+        )
+        plans += plan_references(keep, out)
+    else:
+        timed(
+            "train_shadow",
+            lambda: _train_stage(cfg, sh_spec, "shadow", splits, out, stages, device),
+        )
+        plans.append(plan_checkpoint("shadow", encoder_dir(cfg, out, "shadow").path))
     query = cfg.query_settings(device)
-    target, shadow = timed(
-        "query", lambda: query_encoders(plans, query, out / "embeddings", cache=stages)
+    target, *shadows = timed(
+        "query",
+        lambda: query_encoders(
+            plans, query, out / "embeddings", cache=stages, baselines=keep is None
+        ),
     )
     utility = timed("utility", lambda: _utility_stage(cfg, out, device)) if cfg.utility else None
     settings = cfg.attack_settings()
-    run = timed("attacks", lambda: run_attacks(target, [shadow], settings))
+    run = timed("attacks", lambda: run_attacks(target, shadows, settings))
     extra: dict[str, Any] = {
         "title": cfg.title,
         "knowledge": cfg.knowledge,
         "target": dataclasses.asdict(cfg.target) | {"dataset": cfg.dataset},
-        "shadow": dataclasses.asdict(sh_spec) | {"dataset": sh_spec.dataset or cfg.dataset},
+        "shadow": dataclasses.asdict(sh_spec)
+        | {"dataset": sh_spec.dataset or cfg.dataset, "count": len(shadows)},
         "config": cfg.to_dict(),
         "command": command or _reproduce_command(out),
         "device": device,
@@ -335,8 +306,13 @@ def _run_one(
     if cfg.defenses:
         extra["defenses"] = timed(
             "defenses",
-            lambda: {spec: run_defended(spec, target, [shadow], settings) for spec in cfg.defenses},
+            lambda: {spec: run_defended(spec, target, shadows, settings) for spec in cfg.defenses},
         )
+    if keep is not None:
+        extra["reference_models"] = keep.summary() | {
+            "keep_file": f"{REFERENCES_DIR}/{KEEP_FILE}",
+            "names": [p.name for p in plans[1:]],
+        }
     if utility is not None:
         extra["utility"] = utility
     extra["timing_s"] = dict(timed)

@@ -46,6 +46,12 @@ def audit_command(
     seeds: int | None = typer.Option(
         None, help="train S target/shadow pairs (other training seeds, same split) [1]"
     ),
+    reference_models: int | None = typer.Option(
+        None,
+        help="per-image calibration: train M reference encoders on random member sets of the "
+        "candidates (a keep matrix) in one batched ensemble, instead of one shadow; adds "
+        "lpla-lira, lpla-rmia and encodermi-t-lira [0]",
+    ),
     framework: str | None = typer.Option(None, help="target SSL framework"),
     backbone: str | None = typer.Option(None, help="target backbone"),
     epochs: int | None = typer.Option(None, help="training epochs of target and shadow"),
@@ -173,6 +179,7 @@ def audit_command(
                 "--dataset": dataset,
                 "--data-root": data_root,
                 "--seeds": seeds,
+                "--reference-models": reference_models,
                 "--framework": framework,
                 "--backbone": backbone,
                 "--epochs": epochs,
@@ -217,6 +224,13 @@ def audit_command(
     if target is not None or target_embeddings is not None:
         from lpla.pipeline import GivenInputs
 
+        _refuse(
+            "--reference-models trains the references of an audit that trains its target; "
+            "give trained reference encoders as --shadow (or --shadow-embeddings), each with "
+            "its members, instead:",
+            {"--reference-models": reference_models},
+        )
+
         inputs = GivenInputs(
             target=target,
             shadows=list(shadow),
@@ -234,6 +248,7 @@ def audit_command(
         "nonmembers": nonmember_count,
         "reference": reference_count,
         "seeds": seeds,
+        "reference_models": reference_models,
         "dataset": dataset,
         "data_root": data_root,
         "members": member_count,
