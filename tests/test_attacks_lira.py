@@ -123,10 +123,15 @@ def test_reference_calibration_and_per_image_variance() -> None:
 def test_unseen_candidates_fall_back_with_a_warning(world) -> None:
     shadows, target = world
     attack = _lira().fit(shadows)
-    moved = AttackInput(target.stats, target.member, target.index + 1, name="moved")
-    with pytest.warns(UserWarning, match=f"{CANDIDATES} of {CANDIDATES} target images"):
+    half = np.arange(CANDIDATES) < CANDIDATES // 2
+    moved = AttackInput(target.stats, target.member, target.index + half, name="moved")
+    with pytest.warns(UserWarning, match=f"{CANDIDATES // 2} of {CANDIDATES} target images"):
         scores = attack.score(moved)
     assert np.isfinite(scores).all()
+    # the candidates still known keep their per-image scores
+    np.testing.assert_allclose(scores[~half], attack.score(target)[~half])
+    with pytest.raises(LplaError, match="none of the target's 2000 images is a candidate"):
+        attack.score(AttackInput(target.stats, target.member, target.index + 1))
 
 
 def test_lira_input_errors(world) -> None:
