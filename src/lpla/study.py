@@ -55,11 +55,15 @@ class StudyGrid:
     knowledge_at: str = "all"
     # Per-backbone overrides of the target recipe (e.g. a smaller batch for a larger backbone).
     backbone_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Member-set sizes n (the target trains on n images); empty: the base config's only. Cells of
+    # an n-axis are named ``..._n{n}_e{epochs}_...``.
+    members: tuple[int, ...] = ()
 
     def cells(self) -> list[tuple[str, AuditConfig]]:
         out = []
-        for fw, bb, ep, kn in itertools.product(
-            self.frameworks, self.backbones, self.epochs, self.knowledge
+        sizes: tuple[int | None, ...] = self.members or (None,)
+        for fw, bb, n, ep, kn in itertools.product(
+            self.frameworks, self.backbones, sizes, self.epochs, self.knowledge
         ):
             if kn != "same" and self.knowledge_at == "longest" and ep != max(self.epochs):
                 continue
@@ -70,10 +74,13 @@ class StudyGrid:
                 epochs=ep,
                 **self.backbone_overrides.get(bb, {}),
             )
+            members = self.base.members if n is None else n
+            title = f"{fw} / {bb} / " + ("" if n is None else f"n={n} / ") + f"{ep} epochs / {kn}"
             cfg = dataclasses.replace(
-                self.base, target=spec, knowledge=kn, title=f"{fw} / {bb} / {ep} epochs / {kn}"
+                self.base, target=spec, knowledge=kn, members=members, title=title
             )
-            out.append((f"{fw}_{bb}_e{ep}_{kn.replace('+', '-')}", cfg))
+            size = "" if n is None else f"_n{n}"
+            out.append((f"{fw}_{bb}{size}_e{ep}_{kn.replace('+', '-')}", cfg))
         return out
 
 
@@ -98,6 +105,76 @@ def _cpu_quick() -> StudyGrid:
             "augmentation (crop 0.8-1, jitter 0.2), K = 10 views with a clean view 0; 4 frameworks "
             "x 100/500 epochs, "
             "and at 500 epochs the attacker's shadow also with another framework or backbone."
+        ),
+    )
+
+
+#: the attacks of the calibrated studies: population attacks next to per-image ones (the MLP
+#: attacks encodermi-v/-s are left out: fitted on M references x thousands of candidates, they
+#: would cost more than the rest of the study; pass --attacks to add them)
+CALIBRATED_ATTACKS = (
+    "norm-threshold",
+    "lpla",
+    "lpla-ref",
+    "encodermi-t",
+    "lpla-lira",
+    "lpla-lira-offline",
+    "lpla-rmia",
+    "encodermi-t-lira",
+)
+
+
+@PRESETS.register(
+    "calibrated-cpu",
+    "population vs per-image attacks, 8 reference encoders, n = 128/512/2048 x 100/500 epochs",
+)
+def _calibrated_cpu() -> StudyGrid:
+    base = AuditConfig(reference_models=8, attacks=CALIBRATED_ATTACKS)
+    return StudyGrid(
+        base=base,
+        members=(128, 512, 2048),
+        epochs=(100, 500),
+        description=(
+            "CPU scale: the default recipe (SimCLR, MLP, embedded Fashion-MNIST, weak "
+            "augmentation, K = 10 views with a clean view 0) with the target trained on n = "
+            "128 / 512 / 2048 stratified members for 100 or 500 epochs and evaluated on 1,000 "
+            "non-members; 8 reference encoders trained together on random member sets of the "
+            "candidates (a keep matrix); population attacks fitted on the same references."
+        ),
+    )
+
+
+@PRESETS.register(
+    "calibrated-gpu", "paper scale: CIFAR-10 ResNet-18, 16 reference encoders, n = 1k/5k/20k (GPU)"
+)
+def _calibrated_gpu() -> StudyGrid:
+    target = EncoderSpec(
+        framework="simclr",
+        backbone="resnet18",
+        epochs=500,
+        batch_size=512,
+        lr=1e-3,
+        augmentation="simclr",
+        crop_scale_min=0.2,
+        jitter=0.4,
+    )
+    base = AuditConfig(
+        dataset="cifar10",
+        target=target,
+        reference_models=16,
+        nonmembers=5000,
+        reference=5000,
+        attacks=CALIBRATED_ATTACKS,
+        device="auto",
+    )
+    return StudyGrid(
+        base=base,
+        members=(1000, 5000, 20000),
+        epochs=(100, 500),
+        backbones=("resnet18",),
+        description=(
+            "Paper scale (GPU): CIFAR-10, SimCLR ResNet-18 (crop 0.2-1, jitter 0.4), n = 1k / 5k "
+            "/ 20k members x 100 / 500 epochs, 5,000 non-members, 16 reference encoders."
         ),
     )
 
@@ -192,6 +269,13 @@ def cell_rows(name: str, cfg: AuditConfig, results: dict[str, Any]) -> list[dict
             "auc_lo": r["auc_ci95"][0],
             "auc_hi": r["auc_ci95"][1],
             "tpr_at_1pct_fpr": r["tpr_at_fpr"].get("0.01"),
+            "tpr_at_1pct_fpr_ci95": (r.get("tpr_at_fpr_ci95") or {}).get("0.01"),
+            "tpr_at_0.1pct_fpr": r["tpr_at_fpr"].get("0.001"),
+            "tpr_at_0.1pct_fpr_ci95": (r.get("tpr_at_fpr_ci95") or {}).get("0.001"),
+            "members": cfg.members,
+            "n_nonmembers": r.get("n_nonmembers"),
+            "reference_models": cfg.reference_models,
+            "roc": r.get("roc"),
             "advantage": r["advantage"],
             "linear_probe_acc": util.get("linear_probe_acc"),
             "knn_acc": util.get("knn_acc"),
@@ -207,6 +291,9 @@ def cell_rows(name: str, cfg: AuditConfig, results: dict[str, Any]) -> list[dict
                 "auc_lo": ci[0],
                 "auc_hi": ci[1],
                 "tpr_at_1pct_fpr": s["tpr_at_fpr_mean"].get("0.01"),
+                "tpr_at_1pct_fpr_ci95": s["tpr_at_fpr_ci95_seeds"].get("0.01"),
+                "tpr_at_0.1pct_fpr": s["tpr_at_fpr_mean"].get("0.001"),
+                "tpr_at_0.1pct_fpr_ci95": s["tpr_at_fpr_ci95_seeds"].get("0.001"),
                 "linear_probe_acc": seeds.get("linear_probe_acc_mean"),
                 "seed_points": [
                     [p, a] for p, a in zip(seeds["linear_probe_acc"], s["auc"], strict=True)
@@ -220,6 +307,7 @@ _COLUMNS = (
     "cell",
     "framework",
     "backbone",
+    "members",
     "epochs",
     "knowledge",
     "attack",
@@ -296,6 +384,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
     ]
     for a, v in sorted(kn.items()):
         lines.append(f"| {a} | " + " | ".join(_fmt(v.get(s)) for s in settings) + " |")
+    lines += calibrated_markdown(rows)
     vk = summary["auc_by_views"]
     ks = sorted({int(k) for v in vk.values() for k in v})
     lines += [
@@ -309,6 +398,63 @@ def study_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ci(value: Any, ci: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def per_image(attack: str) -> bool:
+    """Per-image attacks calibrate each candidate on several reference encoders."""
+    from lpla.attacks import ATTACKS
+
+    return attack in ATTACKS and ATTACKS.get(attack).min_shadows > 1
+
+
+def calibrated_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Population vs per-image attacks on the cells with reference encoders (AUC and TPR at
+    0.1% / 1% FPR with their 95% CIs), and per cell which family finds more at low FPR."""
+    cal = [r for r in rows if r.get("reference_models")]
+    if not cal:
+        return []
+    lines = [
+        "",
+        "## Population vs per-image calibrated attacks (reference encoders)\n",
+        "| members | epochs | refs | non-members | attack | kind | AUC [95% CI] | "
+        "TPR@0.1%FPR [95% CI] | TPR@1%FPR [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in cal:
+        lines.append(
+            f"| {r['members']} | {r['epochs']} | {r['reference_models']} | "
+            f"{_fmt(r.get('n_nonmembers'))} | {r['attack']} | "
+            f"{'per-image' if per_image(r['attack']) else 'population'} | "
+            f"{_ci(r['auc'], [r['auc_lo'], r['auc_hi']])} | "
+            f"{_ci(r['tpr_at_0.1pct_fpr'], r['tpr_at_0.1pct_fpr_ci95'])} | "
+            f"{_ci(r['tpr_at_1pct_fpr'], r['tpr_at_1pct_fpr_ci95'])} |"
+        )
+    lines += [
+        "",
+        "Best of each family per cell (by TPR@1%FPR, then AUC):\n",
+        "| cell | best population | TPR@1% | AUC | best per-image | TPR@1% | AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell in dict.fromkeys(r["cell"] for r in cal):
+        best = []
+        for family in (False, True):
+            group = [r for r in cal if r["cell"] == cell and per_image(r["attack"]) == family]
+            if not group:
+                best.append(("n/a", None, None))
+                continue
+            top = max(group, key=lambda r: (r["tpr_at_1pct_fpr"] or 0.0, r["auc"]))
+            best.append((top["attack"], top["tpr_at_1pct_fpr"], top["auc"]))
+        (pa, pt, pauc), (ia, it, iauc) = best
+        lines.append(
+            f"| {cell} | {pa} | {_fmt(pt)} | {_fmt(pauc)} | {ia} | {_fmt(it)} | {_fmt(iauc)} |"
+        )
+    return lines
+
+
 def _plot(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> None:
     from lpla.io import write_bytes_atomic
     from lpla.report import plots
@@ -320,3 +466,15 @@ def _plot(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> Non
     kn = summary["auc_by_knowledge"]
     if kn:
         write_bytes_atomic(out / "knowledge.png", plots.plot_knowledge(kn))
+    for cell in dict.fromkeys(r["cell"] for r in rows if r.get("reference_models")):
+        cell_rows_ = [r for r in rows if r["cell"] == cell and r.get("roc")]
+        if not cell_rows_:
+            continue
+        curves = {r["attack"]: (r["roc"]["fpr"], r["roc"]["tpr"]) for r in cell_rows_}
+        png = plots.plot_roc(
+            curves,
+            aucs={r["attack"]: r["auc"] for r in cell_rows_},
+            n_nonmembers=cell_rows_[0].get("n_nonmembers"),
+        )
+        (out / "roc").mkdir(exist_ok=True)
+        write_bytes_atomic(out / "roc" / f"{cell}.png", png)

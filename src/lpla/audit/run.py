@@ -83,10 +83,16 @@ def encoder_dir(cfg: AuditConfig, out: Path, role: str) -> Checkpoint:
     return Checkpoint(out / role)
 
 
+def shadow_members(cfg: AuditConfig) -> int:
+    """The population shadow's members (and as many non-members): none with reference encoders,
+    which train on the target's candidates instead."""
+    return 0 if cfg.reference_models else cfg.members
+
+
 def split_sizes(cfg: AuditConfig, pool_size: int) -> tuple[int, int]:
     """Non-members and reference images: as configured, else POWER_IMAGES each when the pool
     has them (non-members first; the shadow's members and non-members are ``members`` each)."""
-    left = max(pool_size - 3 * cfg.members, 0)
+    left = max(pool_size - cfg.members - 2 * shadow_members(cfg), 0)
     nonmembers = cfg.nonmembers if cfg.nonmembers is not None else min(POWER_IMAGES, left // 2)
     left -= nonmembers
     reference = cfg.reference if cfg.reference is not None else min(POWER_IMAGES, max(left, 0))
@@ -102,6 +108,7 @@ def target_split(cfg: AuditConfig) -> MembershipSplit:
         size,
         members=cfg.members,
         seed=cfg.seed,
+        shadow_members=shadow_members(cfg),
         nonmembers=nonmembers,
         reference=reference,
         stratify=labels,
@@ -117,6 +124,7 @@ def _split_stage(cfg: AuditConfig, sh: EncoderSpec, out: Path, stages: StageCach
         "members": cfg.members,
         "nonmembers": cfg.nonmembers,
         "reference": cfg.reference,
+        "shadow_members": shadow_members(cfg),
         "seed": cfg.seed,
         "shadow_dataset": sh.dataset if other else None,
         "stratify": cfg.stratify,
