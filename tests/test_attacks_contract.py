@@ -23,11 +23,16 @@ from lpla.attacks import (
     create_attack,
     list_attacks,
 )
+from lpla.attacks.features import feature_stats
 from lpla.errors import LplaError
 
 N_CANDIDATES = 120
 # Small but fast parameters where the defaults would spend seconds on a tiny contract check.
-FAST = {"encodermi-v": {"max_iter": 30}, "encodermi-s": {"max_iter": 30}}
+FAST = {
+    "encodermi-v": {"max_iter": 30},
+    "encodermi-s": {"max_iter": 30},
+    "partcrop": {"hidden_layer_sizes": (16,), "max_iter": 30},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +53,8 @@ def _encoder_input(seed: int, k: int, member: np.ndarray, name: str = "") -> Att
     # the same candidates on an encoder that never trained on them (difficulty calibration)
     base = centre + 0.7 * rng.normal(size=(n, k, d))
     base_ref = rng.normal(size=(60, 1, d)) + 0.7 * rng.normal(size=(60, k, d))
+    # PartCrop's membership features (an answer of its own): members' parts respond more
+    partcrop = feature_stats(rng.normal(size=(n, 8)) + 0.8 * member[:, None])
     return AttackInput(
         compute_stats(z, **kw),
         member,
@@ -56,6 +63,7 @@ def _encoder_input(seed: int, k: int, member: np.ndarray, name: str = "") -> Att
         name=name,
         baseline=compute_stats(base, **kw),
         baseline_reference=compute_stats(base_ref, **kw),
+        answers={"partcrop": partcrop},
     )
 
 
@@ -90,6 +98,7 @@ def test_registry_is_complete() -> None:
         "encodermi-t",
         "encodermi-v",
         "encodermi-s",
+        "partcrop",
     }
     assert set(list_attacks()) == expected
     assert list_attacks("encodermi-*") == ["encodermi-s", "encodermi-t", "encodermi-v"]
@@ -254,11 +263,11 @@ def test_applicable_attacks() -> None:
         "norm-threshold",
     ]
     assert applicable_attacks(k=10, n_shadows=8, has_reference=True) == sorted(
-        set(list_attacks()) - {"lpla-diff"}
+        set(list_attacks()) - {"lpla-diff", "partcrop"}
     )
-    assert applicable_attacks(k=10, n_shadows=8, has_reference=True, has_baseline=True) == sorted(
-        list_attacks()
-    )
+    assert applicable_attacks(
+        k=10, n_shadows=8, has_reference=True, has_baseline=True, answers={"partcrop"}
+    ) == sorted(list_attacks())
 
 
 def test_best_threshold_hand_case() -> None:

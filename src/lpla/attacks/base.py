@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from lpla.attacks.features import AttackInput, PSpec, QueryStats, parse_p
+from lpla.attacks.features import ANSWER_ROLES, AttackInput, PSpec, QueryStats, parse_p
 from lpla.errors import LplaError
 from lpla.registry import Registry
 
@@ -26,6 +26,7 @@ __all__ = [
     "Attack",
     "NotFittedError",
     "ShadowArg",
+    "answers_needed",
     "applicable_attacks",
     "best_threshold",
     "create_attack",
@@ -52,6 +53,9 @@ class Attack:
     needs_reference: ClassVar[bool] = False
     needs_baseline: ClassVar[bool] = False
     min_shadows: ClassVar[int] = 1
+    #: an :data:`~lpla.attacks.features.ANSWER_ROLES` answer the attack reads (a query of its
+    #: own, made only when the attack is asked for: see :func:`answers_needed`)
+    needs_answer: ClassVar[str | None] = None
 
     threshold_: float | None
 
@@ -145,6 +149,13 @@ class Attack:
                 f"attack {self.name!r} needs at least {self.min_views} views per image; the "
                 f"{who} has K={item.stats.n_views}; query more views"
             )
+        if self.needs_answer is not None and self.needs_answer not in item.answers:
+            who = f"{role} ({item.name})" if item.name else role
+            raise LplaError(
+                f"attack {self.name!r} needs the {self.needs_answer!r} answer for the {who} "
+                f"({ANSWER_ROLES.summary(self.needs_answer)}); it is queried when the attack is "
+                f"asked for: --attacks {self.name}"
+            )
 
     def _shadow_list(self, shadow: ShadowArg) -> list[AttackInput]:
         if shadow is None:
@@ -193,16 +204,29 @@ def list_attacks(pattern: str = "*") -> list[str]:
     return ATTACKS.names(pattern)
 
 
+def answers_needed(attacks: Sequence[str] | None) -> tuple[str, ...]:
+    """The answers of their own (``needs_answer``) that these attacks need queried; none by
+    default (``None``: the attacks the inputs allow), so such queries run only when asked."""
+    roles = (ATTACKS.get(name).needs_answer for name in attacks or ())
+    return tuple(dict.fromkeys(r for r in roles if r is not None))
+
+
 def applicable_attacks(
-    k: int, n_shadows: int, has_reference: bool, has_baseline: bool = False
+    k: int,
+    n_shadows: int,
+    has_reference: bool,
+    has_baseline: bool = False,
+    answers: Collection[str] = (),
 ) -> list[str]:
-    """Attacks that run with default parameters on K views, ``n_shadows`` shadows, a reference
-    and (for difficulty calibration) baseline statistics from an encoder that did not train on
-    the candidates."""
+    """Attacks that run with default parameters on K views, ``n_shadows`` shadows, a reference,
+    (for difficulty calibration) baseline statistics from an encoder that did not train on
+    the candidates, and the other ``answers`` (roles) every input has."""
     names = []
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
         if k < cls.min_views:
+            continue
+        if cls.needs_answer is not None and cls.needs_answer not in answers:
             continue
         if getattr(cls, "needs_baseline", False) and not has_baseline:
             continue

@@ -28,6 +28,7 @@ __all__ = [
     "PSpec",
     "QueryStats",
     "compute_stats",
+    "feature_stats",
     "list_similarities",
     "p_label",
     "pair_indices",
@@ -84,12 +85,16 @@ class QueryStats:
         sims: similarity name -> float64 ``[N, K(K-1)/2]``, pairs in :func:`pair_indices` order
             (not sorted; attacks that want sorted values sort them).
         clean_view0: whether view 0 is the un-augmented image.
+        features: float64 ``[N, F]``, the answer's own rows when an attack reads them as they
+            are (a :class:`AnswerRole` with ``features=True``, e.g. PartCrop's membership
+            features); None for view embeddings, which attacks see only through norms and sims.
     """
 
     norms: np.ndarray
     p: tuple[float, ...]
     sims: dict[str, np.ndarray] = field(default_factory=dict)
     clean_view0: bool = False
+    features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.p = parse_p(self.p)
@@ -112,6 +117,12 @@ class QueryStats:
                 )
             sims[name] = arr
         self.sims = sims
+        if self.features is not None:
+            self.features = np.asarray(self.features, dtype=np.float64)
+            if self.features.ndim != 2 or self.features.shape[0] != n:
+                raise LplaError(
+                    f"features must be [N, F] with N = {n} images; got {self.features.shape}"
+                )
 
     @property
     def n_images(self) -> int:
@@ -157,6 +168,7 @@ class QueryStats:
             p=self.p,
             sims={name: values[:, keep].copy() for name, values in self.sims.items()},
             clean_view0=self.clean_view0,
+            features=self.features,  # not made of the K views: a smaller budget keeps them
         )
 
     def subset(self, rows: np.ndarray) -> QueryStats:
@@ -166,6 +178,7 @@ class QueryStats:
             p=self.p,
             sims={name: values[rows] for name, values in self.sims.items()},
             clean_view0=self.clean_view0,
+            features=None if self.features is None else self.features[rows],
         )
 
 
@@ -175,12 +188,15 @@ class AnswerRole:
 
     ``aligned`` answers have one row per candidate, in the candidates' order (the same images on
     another encoder, crops of them...), so slicing the candidates slices them too; the others
-    are a population (reference images) and are kept whole.
+    are a population (reference images) and are kept whole. ``features`` answers are read as
+    they are (:attr:`QueryStats.features`, one row per image), not as views: output-side
+    defenses, which serve view embeddings, do not apply to them.
     """
 
     name: str
     aligned: bool
     help: str
+    features: bool = False
 
 
 #: Every kind of answer, in one place: a new kind of query (crops, reference encoders) is one entry
@@ -190,6 +206,12 @@ for _role in (
     AnswerRole("reference", False, "the same encoder on population images no encoder trained on"),
     AnswerRole("baseline", True, "the candidates on another encoder that never trained on them"),
     AnswerRole("baseline_reference", False, "that other encoder on the reference population"),
+    AnswerRole(
+        "partcrop",
+        True,
+        "PartCrop's membership features: crops of each candidate against its feature map",
+        features=True,
+    ),
 ):
     ANSWER_ROLES.add(_role.name, _role, _role.help)
 
@@ -437,3 +459,17 @@ def compute_stats(
         small = min(p_values)
         raise LplaError(f"norms overflow float64 (p={p_label(small)} is too small); use p >= 0.1")
     return QueryStats(norms=norms, p=p_values, sims=sims, clean_view0=bool(clean_view0))
+
+
+def feature_stats(features: Any, chunk_size: int = 512) -> QueryStats:
+    """An answer read as it is: rows ``[N, F]`` (or ``[N, 1, F]`` as stored) -> ``QueryStats``
+    whose :attr:`~QueryStats.features` are those rows (and whose norms, of the one "view", keep
+    the checks every answer goes through)."""
+    arr = np.asarray(features)
+    if arr.ndim == 3 and arr.shape[1] == 1:
+        arr = arr[:, 0, :]
+    if arr.ndim != 2:
+        raise LplaError(f"features must be [N, F] (or [N, 1, F]); got shape {arr.shape}")
+    stats = compute_stats(arr[:, None, :], p=(2.0,), similarities=(), chunk_size=chunk_size)
+    stats.features = np.asarray(arr, dtype=np.float64)
+    return stats

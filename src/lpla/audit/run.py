@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from lpla.attacks.base import answers_needed
 from lpla.audit.config import POWER_IMAGES, AuditConfig, EncoderSpec, shadow_spec
 from lpla.audit.references import KEEP_FILE, REFERENCES_DIR, plan_references, train_references
 from lpla.audit.training import train_config, train_settings
@@ -289,7 +290,12 @@ def _run_one(
     target, *shadows = timed(
         "query",
         lambda: query_encoders(
-            plans, query, out / "embeddings", cache=stages, baselines=keep is None
+            plans,
+            query,
+            out / "embeddings",
+            cache=stages,
+            baselines=keep is None,
+            roles=answers_needed(cfg.attacks),  # queries of their own (partcrop's crops)
         ),
     )
     utility = timed("utility", lambda: _utility_stage(cfg, out, device)) if cfg.utility else None

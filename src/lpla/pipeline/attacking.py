@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from lpla.attacks import ATTACKS, applicable_attacks, create_attack
-from lpla.attacks.features import ANSWER_ROLES, AttackInput, QueryStats, compute_stats
+from lpla.attacks.features import (
+    ANSWER_ROLES,
+    AttackInput,
+    QueryStats,
+    compute_stats,
+    feature_stats,
+)
 from lpla.embeddings import EmbeddingsFile
 from lpla.errors import LplaError
 from lpla.metrics import evaluate_scores
@@ -58,12 +64,22 @@ class _StatsCache:
             hit = self._done[id(emb)] = (emb, stats)  # the file is kept so its id stays unique
         return hit[1]
 
+    def features(self, emb: EmbeddingsFile) -> QueryStats:
+        """An answer read as it is (a ``features`` role such as PartCrop's), not as views."""
+        hit = self._done.get(id(emb))
+        if hit is None:
+            hit = self._done[id(emb)] = (emb, feature_stats(emb.embeddings))
+        return hit[1]
+
 
 def _as_input(answers: EncoderAnswers, stats_of: _StatsCache) -> tuple[AttackInput, list[str]]:
     """Statistics of every answer; without a reference, the candidates calibrate themselves."""
     notes: list[str] = []
     stats = stats_of(answers.candidates)
-    others = {role: stats_of(f) for role, f in answers.others().items()}
+    others = {
+        role: stats_of.features(f) if ANSWER_ROLES.get(role).features else stats_of(f)
+        for role, f in answers.others().items()
+    }
     if "reference" not in others:
         others["reference"] = stats
         notes.append(
@@ -212,10 +228,11 @@ def run_attacks(
         notes.append(note)
         print(f"lpla: warning: {note.removeprefix('WARNING: ')}", file=sys.stderr)
     has_baseline = t_in.baseline is not None and all(s.baseline is not None for s in sh_inputs)
+    roles = set(t_in.answers).intersection(*(s.answers for s in sh_inputs))
     names = (
         list(settings.attacks)
         if settings.attacks
-        else applicable_attacks(k, len(sh_inputs), True, has_baseline)
+        else applicable_attacks(k, len(sh_inputs), True, has_baseline, roles)
     )
     for name in names:
         ATTACKS.get(name)
@@ -287,7 +304,10 @@ def _auc_vs_views(
         sub_t = target.first_views(v)  # sliced once per budget, shared by every attack
         sub_s = [s.first_views(v) for s in shadows]
         for name in names:
-            if v < ATTACKS.get(name).min_views:
+            cls = ATTACKS.get(name)
+            # an attack on an answer of its own (PartCrop's crops) does not read the K views:
+            # its row would repeat one number
+            if v < cls.min_views or cls.needs_answer is not None:
                 continue
             try:
                 scores = _fit(name, sub_s, settings).score(sub_t)
@@ -296,6 +316,24 @@ def _auc_vs_views(
             auc = float(roc_auc_score(labels[evaluated], np.asarray(scores)[evaluated]))
             out.setdefault(name, {})[str(v)] = auc
     return {name: out[name] for name in names if name in out}
+
+
+def _view_answers_only(
+    target: EncoderAnswers, shadows: Sequence[EncoderAnswers], settings: AttackSettings
+) -> tuple[EncoderAnswers, list[EncoderAnswers], AttackSettings]:
+    """Answers and attacks an output-side defense can serve: it serves view embeddings, and
+    answers read as features (PartCrop's, made of crops and feature maps) are not those, so
+    they and the attacks that need them are left out of defended runs (``attacks == ()`` when
+    nothing that was asked for is left)."""
+    unserved = {r for r in ANSWER_ROLES.names() if ANSWER_ROLES.get(r).features}
+    t, *s = (
+        EncoderAnswers(a.name, {r: f for r, f in a.files.items() if r not in unserved})
+        for a in (target, *shadows)
+    )
+    if not settings.attacks:
+        return t, s, settings
+    attacks = tuple(n for n in settings.attacks if ATTACKS.get(n).needs_answer not in unserved)
+    return t, s, dataclasses.replace(settings, attacks=attacks)
 
 
 def run_defended(
@@ -311,6 +349,9 @@ def run_defended(
     shadows are defended too. A ``baseline`` answer was served by the *other* encoder of a
     target/shadow pair, so that encoder's defense applies.
     """
+    target, shadows, settings = _view_answers_only(target, shadows, settings)
+    if settings.attacks == ():  # only attacks on answers no defense serves were asked for
+        return {}
     from lpla.defenses import create_defense
 
     encoders = [target, *shadows]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ from lpla.io import file_digest
 from lpla.pipeline.answers import CANDIDATES, EncoderAnswers
 from lpla.pipeline.settings import QuerySettings
 from lpla.pipeline.stages import StageCache, digest
+from lpla.registry import Registry
 from lpla.ssl.checkpoint import Checkpoint
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from lpla.encoders import LoadedEncoder
 
 __all__ = [
+    "ANSWER_QUERIES",
     "REFERENCE_MAX",
     "EncoderPlan",
     "EncoderRef",
@@ -324,8 +326,13 @@ def query_encoders(
     cache: StageCache | None = None,
     baselines: bool = True,
     progress: bool = False,
+    roles: Sequence[str] = (),
 ) -> list[EncoderAnswers]:
     """Every plan's answers, written to ``out_dir``; cached stages are skipped.
+
+    ``roles`` names answers of their own that some attacks need (``partcrop``, from
+    :func:`lpla.attacks.base.answers_needed`): each plan's candidates are queried for each of
+    them too (:data:`ANSWER_QUERIES`), into ``<encoder>_<role>.npz``.
 
     With ``baselines`` and exactly two encoders on comparable images (one dataset, or image
     lists of one shape) that each have a reference set and never trained on the other's
@@ -334,6 +341,8 @@ def query_encoders(
     ``lpla-diff``, at no extra training.
     """
     settings.validate()
+    for role in roles:
+        ANSWER_QUERIES.get(role)  # an unknown role fails before anything is queried
     opened = _Opened(settings)
     answers = []
     for plan in plans:
@@ -341,6 +350,9 @@ def query_encoders(
             role: _embed(plan, plan, role, idx, flag, settings, out_dir, cache, progress, opened)
             for role, (idx, flag) in plan.images.items()
         }
+        for role in roles:
+            query = ANSWER_QUERIES.get(role)
+            files[role] = query(plan, settings, out_dir, cache, progress, opened)
         answers.append(EncoderAnswers(plan.name, files))
     if baselines and _cross_queryable(plans, answers):
         for own, other, own_ans, other_ans in (
@@ -460,3 +472,61 @@ def _embed(
         }
         cache.run(f"embed_{stem}", key, [out_file], run)
     return open_embeddings(out_file)
+
+
+def _partcrop(
+    plan: EncoderPlan,
+    settings: QuerySettings,
+    out_dir: Path,
+    cache: StageCache | None,
+    progress: bool,
+    opened: _Opened,
+) -> EmbeddingsFile:
+    """PartCrop's membership features of ``plan``'s candidates (:mod:`lpla.partcrop`, the
+    paper's recipe), saved as ``<encoder>_partcrop.npz``; crops are seeded by the query seed."""
+    from lpla.partcrop import PartCropRecipe, query_partcrop
+
+    idx, flag = (np.asarray(a) for a in plan.images[CANDIDATES])
+    stem = f"{plan.name}_partcrop"
+    out_file = out_dir / f"{stem}.npz"
+    recipe = PartCropRecipe()
+
+    def run() -> None:
+        enc = opened.encoder(plan.encoder)
+        query_partcrop(
+            enc,
+            opened.dataset(plan.source, enc.image_shape),
+            idx.astype(np.int64),
+            member=flag.astype(np.int8),
+            recipe=recipe,
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            device=opened.device,
+            dtype=settings.dtype,
+            out=out_file,
+            progress=progress,
+            meta={"role": stem},
+        )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cache is None:
+        run()
+    else:
+        key = {
+            **plan.encoder.cache_key(),
+            **plan.source.cache_key(),
+            "indices": idx.tolist(),
+            "member": flag.tolist(),
+            "partcrop": recipe.to_dict(),
+            "query": {k: settings.cache_key()[k] for k in ("layer", "seed", "dtype")},
+        }
+        cache.run(f"embed_{stem}", key, [out_file], run)
+    return open_embeddings(out_file)
+
+
+AnswerQuery = Callable[
+    [EncoderPlan, QuerySettings, Path, "StageCache | None", bool, _Opened], EmbeddingsFile
+]
+#: The queries of their own that attacks ask for (``Attack.needs_answer``), by answer role.
+ANSWER_QUERIES: Registry[AnswerQuery] = Registry("answer query")
+ANSWER_QUERIES.add("partcrop", _partcrop, "crops of each candidate vs its feature map (PartCrop)")

@@ -9,6 +9,7 @@ callers never need to know a model's mean/std; its output is ``[B, feature_dim]`
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,89 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body((x - self.mean) / self.std)
+
+    @property
+    def feature_map_rule(self) -> str | None:
+        """The :data:`FEATURE_MAPS` rule that finds this body's last feature map, or None."""
+        return next((n for n in FEATURE_MAPS if FEATURE_MAPS.get(n).matches(self.body)), None)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last spatial feature map as tokens ``[B, L, C]``: the layer ``forward`` pools.
+
+        Part-aware attacks (PartCrop) compare crops' pooled features with the positions of the
+        whole image's map, so both must come from one layer: ``forward`` is this map pooled.
+        """
+        rule = self.feature_map_rule
+        if rule is None:
+            name = getattr(self, "name", type(self.body).__name__)
+            raise LplaError(
+                f"backbone {name!r} has no spatial feature map (it pools or flattens before "
+                "its last layer); use a conv or ViT backbone (cnn-small, resnet18, vit-tiny)"
+            )
+        return FEATURE_MAPS.get(rule).tokens(self.body, (x - self.mean) / self.std)
+
+
+@dataclass(frozen=True)
+class FeatureMapRule:
+    """How to read the last feature map of one family of backbone bodies.
+
+    ``tokens(body, normalised_images)`` returns ``[B, L, C]`` (L positions of C channels), the
+    map the body's own output pools.
+    """
+
+    matches: Callable[[nn.Module], bool]
+    tokens: Callable[[nn.Module, Tensor], Tensor]
+
+
+#: Feature-map readers by backbone family, tried in order (``Backbone.feature_map``).
+FEATURE_MAPS: Registry[FeatureMapRule] = Registry("feature map rule")
+
+
+def _grid_tokens(fmap: Tensor) -> Tensor:
+    return fmap.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, H*W, C]
+
+
+def _ends_in_global_pool(body: nn.Module) -> bool:
+    if not isinstance(body, nn.Sequential) or len(body) < 3:
+        return False
+    *_, pool, flatten = body
+    return isinstance(pool, nn.AdaptiveAvgPool2d) and isinstance(flatten, nn.Flatten)
+
+
+def _resnet_like(body: nn.Module) -> bool:
+    return all(hasattr(body, a) for a in ("conv1", "bn1", "layer4", "avgpool"))
+
+
+def _resnet_tokens(body: nn.Module, x: Tensor) -> Tensor:
+    for part in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+        x = getattr(body, part)(x)
+    return _grid_tokens(x)
+
+
+def _timm_vit(body: nn.Module) -> bool:
+    return hasattr(body, "forward_features") and hasattr(body, "num_prefix_tokens")
+
+
+def _vit_tokens(body: nn.Module, x: Tensor) -> Tensor:
+    tokens = body.forward_features(x)  # type: ignore[operator]
+    return tokens[:, int(body.num_prefix_tokens) :]  # type: ignore[arg-type]  # patches only
+
+
+FEATURE_MAPS.add(
+    "pooled-sequential",
+    FeatureMapRule(_ends_in_global_pool, lambda body, x: _grid_tokens(body[:-2](x))),  # type: ignore[index]
+    "conv layers, then AdaptiveAvgPool2d + Flatten (cnn-small): the map before the pool",
+)
+FEATURE_MAPS.add(
+    "torchvision-resnet",
+    FeatureMapRule(_resnet_like, _resnet_tokens),
+    "torchvision ResNet: layer4's output, before avgpool",
+)
+FEATURE_MAPS.add(
+    "timm-vit",
+    FeatureMapRule(_timm_vit, _vit_tokens),
+    "timm ViT: forward_features' patch tokens (class/register tokens dropped)",
+)
 
 
 def create_backbone(name: str, in_channels: int, image_size: int) -> Backbone:
