@@ -22,14 +22,20 @@ def _defended(spec: str, z: np.ndarray, reference: np.ndarray | None = None) -> 
     return defense.apply(z, np.arange(z.shape[0]))
 
 
-def test_the_registry_lists_every_defense() -> None:
-    assert list_defenses() == DEFENSES.names() == ["l2-normalize", "noise", "none", "quantize"]
-    for name in list_defenses():
-        assert DEFENSES.summary(name)
+def test_the_registry_lists_every_defense_with_its_kind() -> None:
+    assert list_defenses() == DEFENSES.names()
+    assert list_defenses(kind="output") == ["l2-normalize", "noise", "none", "quantize"]
+    assert list_defenses(kind="training") == ["early-stop", "strong-aug", "weight-decay"]
+    for name in list_defenses(kind="output"):
+        assert DEFENSES.summary(name).startswith("output-side: ")
         assert isinstance(create_defense(name), Defense)
+    for name in list_defenses(kind="training"):
+        assert DEFENSES.summary(name).startswith("training-side: ")
+    with pytest.raises(LplaError, match="unknown defense kind"):
+        list_defenses(kind="input")
 
 
-@pytest.mark.parametrize("name", DEFENSES.names())
+@pytest.mark.parametrize("name", list_defenses(kind="output"))
 def test_every_defense_keeps_shape_and_is_finite(name: str) -> None:
     z = np.random.default_rng(0).normal(size=(7, 3, 5)).astype(np.float32)
     out = _defended(name, z)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from lpla.defenses import (
-    DEFENSES,
     DefenseNotFittedError,
     NoiseDefense,
     QuantizeDefense,
     create_defense,
+    list_defenses,
 )
 from lpla.errors import LplaError
 
@@ -89,7 +89,7 @@ def test_parameters_come_from_the_reference_only(answers, reference) -> None:
     assert np.abs(served[..., None] - grid).min(axis=-1).max() < 1e-5
 
 
-@pytest.mark.parametrize("name", DEFENSES.names())
+@pytest.mark.parametrize("name", list_defenses(kind="output"))
 def test_apply_needs_a_fit(answers, name) -> None:
     defense = create_defense(name)
     with pytest.raises(DefenseNotFittedError, match=r"not fitted; call \.fit\(reference"):

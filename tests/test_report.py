@@ -459,6 +459,136 @@ def test_attack_table_shows_tpr_intervals_when_recorded(tmp_path: Path) -> None:
     assert '0.030<br><span class="muted tpr-ci">0.010–0.050</span>' in _table(html, "defense-table")
 
 
+# --- defenses: the list format, the old mapping, the frontier -----------------------------------
+
+
+def _defense(spec: str, kind: str, probe: float | None, aucs: dict[str, float]) -> dict[str, Any]:
+    """One entry of results.json's ``defenses`` list, with made-up numbers."""
+    return {
+        "defense": spec,
+        "kind": kind,
+        "utility": {"linear_probe": probe, "knn": None if probe is None else probe - 0.03},
+        "attacks": {
+            name: {
+                "auc": auc,
+                "auc_ci95": [auc - 0.05, auc + 0.05],
+                "tpr_at_fpr": {"0.001": None, "0.01": round(auc - 0.5, 3)},
+                "tpr_at_fpr_ci95": {"0.001": None, "0.01": [0.0, round(auc - 0.4, 3)]},
+                "advantage": 0.1,
+            }
+            for name, auc in aucs.items()
+        },
+    }
+
+
+DEFENSES = [
+    _defense("none", "none", 0.83, {"lpla": 0.70, "encodermi-t": 0.79}),
+    _defense("noise:0.5", "output", 0.80, {"lpla": 0.69, "encodermi-t": 0.70}),
+    _defense("quantize:1", "output", 0.60, {"lpla": 0.71, "encodermi-t": 0.72}),
+    _defense("early-stop:100", "training", 0.81, {"lpla": 0.62, "encodermi-t": 0.66}),
+]
+
+
+def test_frontier_points_take_the_attackers_best_attack_per_defense() -> None:
+    from lpla.report.defenses import frontier_points, pareto_front
+
+    points = {p["defense"]: p for p in frontier_points(DEFENSES)}
+    assert (points["none"]["attack"], points["none"]["auc"]) == ("encodermi-t", 0.79)
+    assert (points["none"]["auc_lo"], points["none"]["auc_hi"]) == pytest.approx((0.74, 0.84))
+    assert (points["quantize:1"]["attack"], points["quantize:1"]["tpr1"]) == ("encodermi-t", 0.22)
+    assert points["early-stop:100"]["linear_probe"] == 0.81
+    # quantize:1 loses utility and protects less than noise:0.5; noise:0.5 is beaten on both
+    # axes by early-stop:100 (0.81 > 0.80, 0.66 < 0.70): neither is on the frontier
+    assert pareto_front(list(points.values())) == ["early-stop:100", "none"]
+
+
+def test_frontier_figure_draws_every_defense(tmp_path: Path) -> None:
+    from lpla.report.defenses import frontier_points
+
+    fig = plots.frontier_figure(frontier_points(DEFENSES))
+    ax_auc, ax_tpr = fig.axes
+    labels = [t.get_text() for t in ax_auc.texts]
+    assert labels == ["none", "noise:0.5", "quantize:1", "early-stop:100"]
+    legend = [t.get_text() for t in ax_auc.get_legend().get_texts()]
+    assert {"none (undefended)", "output-side", "training-side", "frontier"} <= set(legend)
+    frontier = next(line for line in ax_auc.get_lines() if line.get_label() == "frontier")
+    assert list(frontier.get_xdata()) == [0.81, 0.83]  # early-stop:100 -> none
+    assert list(frontier.get_ydata()) == [0.66, 0.79]
+    assert [t.get_text() for t in ax_tpr.texts] == labels  # TPR@1%: every defense resolves it
+    assert "TPR at 1% FPR" in ax_tpr.get_ylabel()
+    assert plots.plot_frontier(frontier_points(DEFENSES)).startswith(PNG_MAGIC)
+
+
+def test_report_shows_defense_utility_and_the_frontier(tmp_path: Path) -> None:
+    d = tmp_path / "defended"
+    results = write_run(d, norms=False, scores=False)
+    results["defenses"] = DEFENSES
+    (d / "results.json").write_text(json.dumps(results))
+    html = build_report(d).read_text()
+    table = _table(html, "defense-table")
+    assert table.count("<tr data-defense=") == 4
+    row = re.search(r'data-defense="early-stop:100">(.*?)</tr>', table, re.S)
+    assert row is not None
+    cells = [
+        re.sub(r"<[^>]+>", " ", c).split()
+        for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+    ]
+    # defense, kind, probe, kNN, probe change, strongest attack, AUC, CI, AUC change, TPR (CI)
+    assert cells == [
+        ["early-stop:100"], ["training"], ["0.810"], ["0.780"], ["-0.020"], ["encodermi-t"],
+        ["0.660"], ["0.610–0.710"], ["-0.130"], ["0.160", "0.000–0.260"],
+    ]  # fmt: skip
+    assert 'id="frontier-plot"' in html and 'href="#defenses"' in html
+    assert "bootstrap intervals of this run" in html
+    every = _table(html, "defense-attack-table")
+    assert every.count("<tr><td") == 4 and "0.720" in every
+
+
+def test_old_runs_with_the_defenses_mapping_still_render(tmp_path: Path) -> None:
+    from lpla.report.defenses import defense_entries
+
+    d = tmp_path / "old"
+    results = write_run(d, norms=False, scores=False)
+    results["defenses"] = {"noise:0.1": {"lpla": {"auc": 0.6, "auc_ci95": [0.55, 0.65]}}}
+    (d / "results.json").write_text(json.dumps(results))
+    entries = defense_entries(results)
+    assert [e["defense"] for e in entries] == ["none", "noise:0.1"]
+    assert entries[0]["attacks"] == results["attacks"]  # none: the run's own attacks
+    assert entries[0]["utility"] == {"linear_probe": 0.83, "knn": 0.80}
+    assert (
+        entries[1]["utility"]["linear_probe"] is None
+        and "issue #14" in (entries[1]["utility"]["skipped"])
+    )
+    html = build_report(d).read_text()
+    assert 'data-defense="noise:0.1"' in _table(html, "defense-table")
+    assert 'id="frontier-plot"' not in html
+    assert "not drawn: privacy-utility frontier: fewer than two defenses" in html
+
+
+def test_a_malformed_defenses_entry_is_a_clear_error(tmp_path: Path) -> None:
+    d = tmp_path / "bad"
+    results = write_run(d, norms=False, scores=False)
+    results["defenses"] = [{"defense": "noise:0.1"}]  # no attacks
+    (d / "results.json").write_text(json.dumps(results))
+    with pytest.raises(LplaError, match=r'"defenses" must be a list of \{"defense", "utility"'):
+        build_report(d)
+
+
+def test_merge_reads_both_defense_formats(tmp_path: Path) -> None:
+    new, old = tmp_path / "runs" / "new", tmp_path / "runs" / "old"
+    write_run(new, norms=False, scores=False)
+    write_run(old, norms=False, scores=False, seed=1)
+    for d, defenses in ((new, DEFENSES), (old, {"l2-normalize": {"lpla": {"auc": 0.5}}})):
+        results = json.loads((d / "results.json").read_text())
+        (d / "results.json").write_text(json.dumps(results | {"defenses": defenses}))
+    out = build_report([new, old], tmp_path / "merged.html")
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    rows = [(r["label"], r["defense"], r["linear_probe"]) for r in merged["defenses"]]
+    assert rows[:4] == [("new", p["defense"], p["utility"]["linear_probe"]) for p in DEFENSES]
+    assert rows[4:] == [("old", "none", 0.83), ("old", "l2-normalize", None)]
+    assert 'id="frontier-plot"' in out.read_text()
+
+
 def test_verdict_reversed_in_report(tmp_path: Path) -> None:
     d = tmp_path / "reversed"
     results = write_run(d, norms=False, scores=False)

@@ -21,6 +21,7 @@ from lpla.audit import AuditConfig, EncoderSpec, encoder_dir, run_audit
 from lpla.errors import LplaError
 from lpla.io import read_json, write_json_atomic, write_text_atomic
 from lpla.registry import Registry
+from lpla.report.defenses import defense_entries, frontier_points, pareto_front
 from lpla.report.tables import (
     knowledge_table,
     spearman,
@@ -32,6 +33,7 @@ from lpla.report.tables import (
 __all__ = [
     "PRESETS",
     "StudyGrid",
+    "cell_defense_rows",
     "cell_rows",
     "run_study",
     "spearman",
@@ -179,6 +181,43 @@ def _calibrated_gpu() -> StudyGrid:
     )
 
 
+#: ``defenses-cpu``'s grid of defense levels on the default recipe (docs/results.md §5)
+DEFENSES_CPU = (
+    "noise:0.2",
+    "noise:0.5",
+    "noise:1",
+    "quantize:3",
+    "quantize:1",
+    "l2-normalize",
+    "early-stop:50",
+    "early-stop:150",
+    "strong-aug:0.5",
+    "strong-aug:0.2",
+    "weight-decay:0.5",
+    "weight-decay:5",
+)
+
+
+@PRESETS.register(
+    "defenses-cpu",
+    "the default audit under 12 defense levels (noise, quantize, l2-normalize, early-stop, "
+    "strong-aug, weight-decay) x 2 seeds: the privacy-utility frontier (2 CPUs, ~40 min)",
+)
+def _defenses_cpu() -> StudyGrid:
+    base = AuditConfig(n_bootstrap=500, seeds=2, defenses=DEFENSES_CPU)
+    return StudyGrid(
+        base=base,
+        epochs=(base.target.epochs,),
+        description=(
+            "The default audit recipe (SimCLR, MLP, 128 members of embedded Fashion-MNIST, "
+            f"{base.target.epochs} epochs, weak augmentation) under output-side defenses "
+            "(noise, quantize, l2-normalize) and training-side ones (early-stop, strong-aug, "
+            f"weight-decay), {base.seeds} training seeds: each defense's strongest attack "
+            "against the linear-probe accuracy of what the defended encoder serves."
+        ),
+    )
+
+
 @PRESETS.register("paper", "CIFAR-10 ResNet-18/50, 7 frameworks, hundreds of epochs (GPU)")
 def _paper() -> StudyGrid:
     target = EncoderSpec(
@@ -221,6 +260,7 @@ def run_study(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    defenses: list[dict[str, Any]] = []
     cells = grid.cells()
     for i, (name, cfg) in enumerate(cells, 1):
         if only is not None and not only(name):
@@ -228,7 +268,9 @@ def run_study(
         cell_dir = out / "cells" / name
         if tables_only:
             if (cell_dir / "results.json").is_file():
-                rows.extend(cell_rows(name, cfg, read_json(cell_dir / "results.json")))
+                saved = read_json(cell_dir / "results.json")
+                rows.extend(cell_rows(name, cfg, saved))
+                defenses.extend(cell_defense_rows(name, saved))
             else:
                 log(f"[missing] {name}: no results.json yet")
             continue
@@ -245,8 +287,16 @@ def run_study(
         log(f"[{i}/{len(cells)}] {name}")
         results = run_audit(cfg, cell_dir, log=lambda m: log("    " + m))
         rows.extend(cell_rows(name, cfg, results))
-    write_study_outputs(rows, out, grid.description)
+        defenses.extend(cell_defense_rows(name, results))
+    write_study_outputs(rows, out, grid.description, defenses=defenses)
     return rows
+
+
+def cell_defense_rows(name: str, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One frontier point per defense of a cell: the means over its seeds when it has several."""
+    seeds = (results.get("across_seeds") or {}).get("defenses")
+    points = frontier_points(seeds or defense_entries(results))
+    return [{"cell": name} | p for p in points]
 
 
 def cell_rows(name: str, cfg: AuditConfig, results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -330,7 +380,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_study_outputs(rows: list[dict[str, Any]], out: Path, description: str = "") -> None:
+def write_study_outputs(
+    rows: list[dict[str, Any]],
+    out: Path,
+    description: str = "",
+    *,
+    defenses: list[dict[str, Any]] | None = None,
+) -> None:
     if not rows:
         raise LplaError("the study produced no results (every cell filtered out?)")
     buf = io.StringIO()
@@ -345,9 +401,77 @@ def write_study_outputs(rows: list[dict[str, Any]], out: Path, description: str 
         "description": description,
         "rows": rows,
     }
+    if defenses:
+        summary["defenses"] = defenses
+        summary["frontier"] = {
+            "auc": pareto_front(defenses, "auc"),
+            "tpr_at_1pct_fpr": pareto_front(defenses, "tpr1"),
+        }
+        _write_defenses(defenses, out)
     write_json_atomic(out / "study.json", summary)
     write_text_atomic(out / "study.md", study_markdown(summary))
     _plot(rows, summary, out)
+
+
+_DEFENSE_COLUMNS = (
+    "cell",
+    "defense",
+    "kind",
+    "n_seeds",
+    "linear_probe",
+    "knn",
+    "attack",
+    "auc",
+    "auc_lo",
+    "auc_hi",
+    "tpr_attack",
+    "tpr1",
+    "tpr1_lo",
+    "tpr1_hi",
+)
+
+
+def _write_defenses(points: list[dict[str, Any]], out: Path) -> None:
+    """``defenses.csv`` and ``frontier.png``: every cell's defenses, one row / point each."""
+    from lpla.io import write_bytes_atomic
+    from lpla.report import plots
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(_DEFENSE_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(points)
+    write_text_atomic(out / "defenses.csv", buf.getvalue())
+    several = len({p["cell"] for p in points}) > 1
+    labelled = [p | {"defense": f"{p['cell']}: {p['defense']}"} if several else p for p in points]
+    write_bytes_atomic(out / "frontier.png", plots.plot_frontier(labelled))
+
+
+def _defenses_markdown(summary: dict[str, Any]) -> list[str]:
+    points = summary.get("defenses") or []
+    if not points:
+        return []
+    front = set(summary["frontier"]["auc"])
+    seeds = max(int(p.get("n_seeds") or 1) for p in points)
+    interval = f"t-interval over {seeds} seeds" if seeds > 1 else "bootstrap interval"
+    lines = [
+        "",
+        "## Defenses: the privacy-utility frontier\n",
+        f"Strongest attack per defense (AUC, 95% {interval}) and the highest TPR at 1% FPR, "
+        "against the linear-probe and kNN accuracy of what the defended encoder serves. "
+        "Frontier (*): no other defense has both a higher probe accuracy and a lower AUC.\n",
+        "| cell | defense | kind | linear probe | kNN | strongest attack | AUC | 95% CI | "
+        "TPR@1%FPR (attack) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        star = " *" if p["defense"] in front else ""
+        ci = "n/a" if p["auc_lo"] is None else f"[{p['auc_lo']:.3f}, {p['auc_hi']:.3f}]"
+        tpr = f"{_fmt(p['tpr1'])} ({p['tpr_attack']})" if p["tpr1"] is not None else "n/a"
+        lines.append(
+            f"| {p['cell']} | {p['defense']}{star} | {p['kind']} | {_fmt(p['linear_probe'])} | "
+            f"{_fmt(p['knn'])} | {p['attack']} | {_fmt(p['auc'])} | {ci} | {tpr} |"
+        )
+    return lines
 
 
 def study_markdown(summary: dict[str, Any]) -> str:
@@ -395,6 +519,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
     ]
     for a, v in sorted(vk.items()):
         lines.append(f"| {a} | " + " | ".join(_fmt(v.get(str(k))) for k in ks) + " |")
+    lines += _defenses_markdown(summary)
     return "\n".join(lines) + "\n"
 
 

@@ -142,36 +142,24 @@ def evaluate_utility(
     tests on ``test_ds``. Keys: ``linear_probe_acc``, ``knn_acc`` (k = ks[0]), ``knn_acc_k{k}``
     for the other ks, ``linear_probe_acc_pixels``, ``knn_acc_pixels``, ``chance``, sizes.
     """
-    if train_ds.info.image_shape != test_ds.info.image_shape:
-        raise LplaError(
-            f"train and test images differ in shape: {train_ds.info.image_shape} vs "
-            f"{test_ds.info.image_shape}"
-        )
-    if len(train_ds) < 2 or len(test_ds) < 1:
-        raise LplaError("utility needs at least 2 train and 1 test images")
-    for ds in (train_ds, test_ds):  # label -1 (none) would index past the kNN votes
-        if len(ds.labels) and int(np.min(ds.labels)) < 0:
-            raise LplaError(
-                f"{ds.info.name}/{ds.info.split} has images without a class label (-1); "
-                "the linear probe and kNN need labelled images"
-            )
-    rng = np.random.default_rng(seed)
-    train_idx = _subset(len(train_ds), train_limit, rng)
-    test_idx = _subset(len(test_ds), test_limit, rng)
+    check_probe_datasets(train_ds, test_ds)
+    train_idx, test_idx = probe_indices(train_ds, test_ds, train_limit, test_limit, seed)
     train_y, test_y = train_ds.labels[train_idx], test_ds.labels[test_idx]
     n_cls = max(train_ds.info.num_classes, test_ds.info.num_classes)
 
     t0 = time.perf_counter()
     train_f = extract_features(encoder, train_ds, train_idx, batch_size=batch_size, device=device)
     test_f = extract_features(encoder, test_ds, test_idx, batch_size=batch_size, device=device)
-    knn = knn_accuracy(
-        train_f, train_y, test_f, test_y, ks=ks, temperature=knn_temperature, num_classes=n_cls
+    result: dict[str, Any] = features_utility(
+        train_f,
+        train_y,
+        test_f,
+        test_y,
+        seed=seed,
+        ks=ks,
+        knn_temperature=knn_temperature,
+        num_classes=n_cls,
     )
-    result: dict[str, Any] = {
-        "linear_probe_acc": linear_probe_accuracy(train_f, train_y, test_f, test_y, seed=seed),
-        "knn_acc": knn[ks[0]],
-        **{f"knn_acc_k{k}": knn[k] for k in ks[1:]},
-    }
     if pixel_baseline:
         train_p, test_p = pixel_features(train_ds, train_idx), pixel_features(test_ds, test_idx)
         result["linear_probe_acc_pixels"] = linear_probe_accuracy(
@@ -199,6 +187,65 @@ def evaluate_utility(
         }
     )
     return result
+
+
+def check_probe_datasets(train_ds: ImageDataset, test_ds: ImageDataset) -> None:
+    """One shape, enough images, every image labelled: or a clear error."""
+    if train_ds.info.image_shape != test_ds.info.image_shape:
+        raise LplaError(
+            f"train and test images differ in shape: {train_ds.info.image_shape} vs "
+            f"{test_ds.info.image_shape}"
+        )
+    if len(train_ds) < 2 or len(test_ds) < 1:
+        raise LplaError("utility needs at least 2 train and 1 test images")
+    for ds in (train_ds, test_ds):  # label -1 (none) would index past the kNN votes
+        if len(ds.labels) and int(np.min(ds.labels)) < 0:
+            raise LplaError(
+                f"{ds.info.name}/{ds.info.split} has images without a class label (-1); "
+                "the linear probe and kNN need labelled images"
+            )
+
+
+def probe_indices(
+    train_ds: ImageDataset,
+    test_ds: ImageDataset,
+    train_limit: int | None,
+    test_limit: int | None,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's train and test images: seeded subsets of ``train_limit`` / ``test_limit``
+    (all when None or larger), drawn the same way wherever utility is measured."""
+    rng = np.random.default_rng(seed)
+    return _subset(len(train_ds), train_limit, rng), _subset(len(test_ds), test_limit, rng)
+
+
+def features_utility(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    seed: int = 0,
+    ks: tuple[int, ...] = (20, 200),
+    knn_temperature: float = 0.07,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """Linear-probe and kNN accuracy of given features: the read-out of :func:`evaluate_utility`,
+    for features an encoder's owner serves transformed (an output-side defense's cost)."""
+    knn = knn_accuracy(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        ks=ks,
+        temperature=knn_temperature,
+        num_classes=num_classes,
+    )
+    return {
+        "linear_probe_acc": linear_probe_accuracy(train_x, train_y, test_x, test_y, seed=seed),
+        "knn_acc": knn[ks[0]],
+        **{f"knn_acc_k{k}": knn[k] for k in ks[1:]},
+    }
 
 
 def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:

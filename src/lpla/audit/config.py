@@ -182,7 +182,6 @@ class AuditConfig:
     def _check_names(self) -> None:
         """Every registry name the audit will use, checked now: not after an hour of training."""
         from lpla.data.registry import DATASETS
-        from lpla.defenses import create_defense
         from lpla.ssl.augment import AUGMENTATIONS
         from lpla.ssl.backbones import BACKBONES
         from lpla.ssl.frameworks import FRAMEWORKS
@@ -195,8 +194,22 @@ class AuditConfig:
                 AUGMENTATIONS.get(spec.augmentation)
             if spec.dataset is not None:
                 DATASETS.get(spec.dataset)
-        for defense in self.defenses:
-            create_defense(defense)
+        self._check_defenses()
+
+    def _check_defenses(self) -> None:
+        """Every --defense spec valid, given once, and training-side ones valid for the target's
+        recipe (``early-stop`` below its epochs): before anything is trained."""
+        from lpla.defenses import TrainingDefense, check_defense, defense_slug
+
+        seen: dict[str, str] = {}
+        for spec in self.defenses:
+            defense = check_defense(spec)
+            slug = defense_slug(spec)
+            if slug in seen and spec != "none":
+                raise LplaError(f"defense {spec} is the same as {seen[slug]}: give it once")
+            seen[slug] = spec
+            if isinstance(defense, TrainingDefense):
+                defense.changes(self.target.train_fields())
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -23,12 +23,13 @@ import numpy as np
 
 from lpla.attacks.base import answers_needed
 from lpla.audit.config import POWER_IMAGES, AuditConfig, EncoderSpec, shadow_spec
+from lpla.audit.defending import AuditDefenses, run_defenses
 from lpla.audit.references import KEEP_FILE, REFERENCES_DIR, plan_references, train_references
 from lpla.audit.training import train_config, train_settings
 from lpla.data.splits import MembershipSplit, make_split
 from lpla.errors import LplaError
 from lpla.io import write_json_atomic
-from lpla.pipeline.attacking import run_attacks, run_defended
+from lpla.pipeline.attacking import run_attacks
 from lpla.pipeline.given import checkpoint_utility
 from lpla.pipeline.querying import plan_checkpoint, query_encoders
 from lpla.pipeline.stages import StageCache, Timings
@@ -251,6 +252,10 @@ def _write_across_seeds(
     results["across_seeds"] = seeds_summary(runs) | {
         "runs": [str(replicate_dir(out, r).relative_to(out)) for r in range(cfg.seeds)]
     }
+    if cfg.defenses:
+        from lpla.report.defenses import defenses_across_seeds
+
+        results["across_seeds"]["defenses"] = defenses_across_seeds(runs)
     write_json_atomic(out / "results.json", results)
     build_report(out)
     return results
@@ -318,10 +323,23 @@ def _run_one(
         },
     }
     if cfg.defenses:
-        extra["defenses"] = timed(
-            "defenses",
-            lambda: {spec: run_defended(spec, target, shadows, settings) for spec in cfg.defenses},
+        job = AuditDefenses(
+            cfg,
+            out,
+            device,
+            query,
+            settings,
+            target,
+            shadows,
+            plans[0],
+            plans[1:],
+            baselines=keep is None,
+            undefended=run.results["attacks"],
+            target_checkpoint=encoder_dir(cfg, out, "target"),
+            split_fingerprint=splits.target.fingerprint(),
+            log=log,
         )
+        extra["defenses"] = timed("defenses", lambda: run_defenses(job))
     if keep is not None:
         extra["reference_models"] = keep.summary() | {
             "keep_file": f"{REFERENCES_DIR}/{KEEP_FILE}",

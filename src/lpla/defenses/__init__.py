@@ -1,233 +1,105 @@
-"""Output-side defenses: transformations an encoder's owner applies to every answer it serves.
+"""Defenses against membership inference, and what they cost in utility.
 
-A defense is a function of ONE answer: its parameters are fixed once, from the encoder's own
-answers on a reference set, and any randomness is drawn from ``(seed, image index, view)``. So
-the same image gets the same defended answer in every file, whatever batch or neighbours it is
-served with; a defense whose noise level or quantisation grid followed the batch being answered
-would hand the attacker a different encoder in each file. The API::
+Two kinds behind one registry (:data:`DEFENSES`) and one spec language (``NAME[:LEVEL]``):
 
-    defense = create_defense("noise:0.1", seed=0)   # a Defense; also "quantize:4", ...
-    defense.fit(reference_embeddings)               # float [N, K, D]; returns the defense
-    defended = defense.apply(embeddings, index)     # float [N, K, D] + int64 [N] -> float32
+- **output-side** (:mod:`lpla.defenses.output`): a function of ONE answer the encoder serves
+  (``noise``, ``quantize``, ``l2-normalize``, ``none``), parameters fixed once from the encoder's
+  reference answers, randomness from ``(seed, image index, view)``::
 
-``fit`` must come first (a :class:`DefenseNotFittedError` otherwise). ``index`` holds each row's
-image index (the dataset index that names the image in every file, as ``EmbeddingsFile.index``
-does); view ``k`` of image ``i`` always gets the same noise, so the first K views of a file with
-more views match a file with K views. Each defense maps ``[N, K, D]`` to the same shape, so the
-same audit measures leakage with and without it (and the utility cost, on probe features).
-Training-side defenses (stronger augmentation, weight decay, early stopping) are training
-options (`lpla train --augmentation/--weight-decay/--epochs`), studied with `lpla study`.
+      defense = create_defense("noise:0.1", seed=0).fit(reference_embeddings)  # [N, K, D]
+      defended = defense.apply(embeddings, index)                              # [N, K, D]
+
+- **training-side** (:mod:`lpla.defenses.training`): a change to the target's training recipe
+  (``early-stop``, ``strong-aug``, ``weight-decay``)::
+
+      create_training_defense("early-stop:100").changes(recipe)  # {"epochs": 100}
+
+``lpla audit --defense SPEC`` measures either kind: the same attacks on the defended answers or
+the defended encoder, and the utility cost (:mod:`lpla.defenses.cost`: linear probe and kNN on
+what the defended encoder serves). DP-SGD is refused with the reason (``NOT_OFFERED``).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
-
-import numpy as np
-
+from lpla.defenses.base import (
+    DEFENSES,
+    KINDS,
+    NOT_OFFERED,
+    DefenseBase,
+    defense_kind,
+    defense_slug,
+    list_defenses,
+    parse_defense,
+)
+from lpla.defenses.output import (
+    Defense,
+    DefenseNotFittedError,
+    L2NormalizeDefense,
+    NoDefense,
+    NoiseDefense,
+    QuantizeDefense,
+)
+from lpla.defenses.training import (
+    STRONG_JITTER,
+    EarlyStopDefense,
+    StrongAugmentationDefense,
+    TrainingDefense,
+    WeightDecayDefense,
+)
 from lpla.errors import LplaError
-from lpla.registry import Registry
 
 __all__ = [
     "DEFENSES",
+    "KINDS",
+    "NOT_OFFERED",
+    "STRONG_JITTER",
     "Defense",
+    "DefenseBase",
     "DefenseNotFittedError",
+    "EarlyStopDefense",
     "L2NormalizeDefense",
     "NoDefense",
     "NoiseDefense",
     "QuantizeDefense",
+    "StrongAugmentationDefense",
+    "TrainingDefense",
+    "WeightDecayDefense",
+    "check_defense",
     "create_defense",
+    "create_training_defense",
+    "defense_kind",
+    "defense_slug",
     "list_defenses",
     "parse_defense",
 ]
 
 
-class DefenseNotFittedError(LplaError):
-    """``apply`` was called before ``fit``."""
-
-
-class Defense:
-    """Base class: validation around ``_fit``/``_apply``, estimator-style.
-
-    ``__init__`` stores ``level`` (the number after the colon of a spec; ``None`` = the default)
-    and ``seed``; ``fit(reference)`` learns the parameters in attributes ending in ``_`` and
-    returns ``self``; ``apply(embeddings, index)`` serves defended answers.
-    """
-
-    name: ClassVar[str] = ""
-
-    n_dims_: int
-
-    def __init__(self, level: float | None = None, seed: int = 0) -> None:
-        self.level = level
-        self.seed = seed
-
-    def fit(self, reference_embeddings: np.ndarray) -> Self:
-        """Fix the parameters from the encoder's answers ``[N, K, D]`` on a reference set."""
-        ref = _check_embeddings(reference_embeddings, f"{self.name}: the reference embeddings")
-        if ref.shape[0] == 0:
-            raise LplaError(f"{self.name}: the reference embeddings are empty; fit on >= 1 image")
-        for attr in [a for a in vars(self) if a.endswith("_")]:
-            delattr(self, attr)  # a refit starts from scratch
-        self._fit(ref)
-        self.n_dims_ = int(ref.shape[2])
-        return self
-
-    def apply(self, embeddings: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """Defended answers (float32 ``[N, K, D]``) to the images ``index`` (int ``[N]``)."""
-        if not hasattr(self, "n_dims_"):
-            raise DefenseNotFittedError(
-                f"defense {self.name!r} is not fitted; call .fit(reference_embeddings) once, on "
-                "the encoder's answers to a reference set, before .apply(embeddings, index)"
-            )
-        z = _check_embeddings(embeddings, f"{self.name}: the embeddings")
-        if z.shape[2] != self.n_dims_:
-            raise LplaError(
-                f"defense {self.name!r} was fitted on {self.n_dims_}-d embeddings; these are "
-                f"{z.shape[2]}-d (another encoder or output?)"
-            )
-        idx = np.asarray(index)
-        if idx.shape != (z.shape[0],) or not np.issubdtype(idx.dtype, np.integer):
-            raise LplaError(
-                f"defense {self.name!r} needs one integer image index per row: [{z.shape[0]}]; "
-                f"got {idx.dtype} {list(idx.shape)}"
-            )
-        return np.asarray(self._apply(z, idx.astype(np.int64)), dtype=np.float32)
-
-    def get_params(self) -> dict[str, float | int | None]:
-        return {"level": self.level, "seed": self.seed}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(level={self.level!r}, seed={self.seed!r})"
-
-    def _fit(self, reference: np.ndarray) -> None:
-        """Set the fitted parameters (nothing to set by default)."""
-
-    def _apply(self, z: np.ndarray, index: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-
-def _check_embeddings(values: np.ndarray, who: str) -> np.ndarray:
-    z = np.asarray(values, dtype=np.float32)
-    if z.ndim != 3:
-        raise LplaError(f"{who} must be [N, K, D] (images, views, dimensions); got {z.shape}")
-    if not np.isfinite(z).all():
-        raise LplaError(f"{who} contain NaN or infinite values")
-    return z
-
-
-DEFENSES: Registry[type[Defense]] = Registry("defense")
-
-
-@DEFENSES.register("none", "serve embeddings unchanged (the baseline)")
-class NoDefense(Defense):
-    name = "none"
-
-    def _apply(self, z: np.ndarray, index: np.ndarray) -> np.ndarray:
-        return z
-
-
-@DEFENSES.register(
-    "noise",
-    "add isotropic Gaussian noise; level = sigma as a fraction of the mean L2 norm (default 0.1)",
-)
-class NoiseDefense(Defense):
-    """Gaussian noise per coordinate, ``sigma_ = level * mean L2 norm / sqrt(D)``.
-
-    The mean L2 norm is the reference's (over images and views), so the noise added to the
-    whole vector has an L2 norm of about ``level`` times a typical answer's. The noise of view
-    ``k`` of image ``i`` is row ``k`` of ``N(0, sigma_)`` draws from a generator seeded with
-    ``SeedSequence([seed, i])``: asking again, in any file, gives the same answer.
-    """
-
-    name = "noise"
-    sigma_: float
-
-    def __init__(self, level: float | None = None, seed: int = 0) -> None:
-        fraction = 0.1 if level is None else float(level)
-        if not fraction >= 0:
-            raise LplaError(f"noise level must be >= 0, got {fraction}")
-        super().__init__(level, seed)
-
-    @property
-    def fraction(self) -> float:
-        return 0.1 if self.level is None else float(self.level)
-
-    def _fit(self, reference: np.ndarray) -> None:
-        mean_norm = float(np.linalg.norm(reference.astype(np.float64), axis=-1).mean())
-        self.sigma_ = self.fraction * mean_norm / float(np.sqrt(reference.shape[-1]))
-
-    def _apply(self, z: np.ndarray, index: np.ndarray) -> np.ndarray:
-        out = np.empty_like(z)
-        k, d = z.shape[1:]
-        for row, image in enumerate(index):
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(image)]))
-            out[row] = z[row] + (self.sigma_ * rng.standard_normal((k, d))).astype(np.float32)
-        return out
-
-
-@DEFENSES.register("l2-normalize", "serve unit-L2 embeddings (the L2 norm then carries no signal)")
-class L2NormalizeDefense(Defense):
-    name = "l2-normalize"
-
-    def _apply(self, z: np.ndarray, index: np.ndarray) -> np.ndarray:
-        return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-
-
-@DEFENSES.register(
-    "quantize", "round every coordinate to a grid; level = number of bits per value (default 4)"
-)
-class QuantizeDefense(Defense):
-    """Round every coordinate to one of ``2**bits`` values evenly spaced over ``[lo_, hi_]``,
-    the range of the reference's coordinates; values outside it are clipped to its ends."""
-
-    name = "quantize"
-    lo_: float
-    hi_: float
-
-    def __init__(self, level: float | None = None, seed: int = 0) -> None:
-        bits = 4 if level is None else int(level)
-        if not 1 <= bits <= 16:
-            raise LplaError(f"quantize bits must be in 1..16, got {bits}")
-        super().__init__(level, seed)
-
-    @property
-    def bits(self) -> int:
-        return 4 if self.level is None else int(self.level)
-
-    def _fit(self, reference: np.ndarray) -> None:
-        lo, hi = float(reference.min()), float(reference.max())
-        if not hi > lo:
-            raise LplaError(
-                f"quantize: every reference coordinate equals {lo}; there is no range to "
-                "quantize over (fit on the encoder's answers to real images)"
-            )
-        self.lo_, self.hi_ = lo, hi
-
-    def _apply(self, z: np.ndarray, index: np.ndarray) -> np.ndarray:
-        steps = 2**self.bits - 1
-        width = self.hi_ - self.lo_
-        unit = (np.clip(z.astype(np.float64), self.lo_, self.hi_) - self.lo_) / width
-        return np.round(unit * steps) / steps * width + self.lo_
-
-
-def list_defenses(pattern: str = "*") -> list[str]:
-    return DEFENSES.names(pattern)
-
-
-def parse_defense(spec: str) -> tuple[str, float | None]:
-    """``"noise:0.2"`` -> ``("noise", 0.2)``; ``"l2-normalize"`` -> ``("l2-normalize", None)``."""
-    name, _, level = spec.partition(":")
-    DEFENSES.get(name)
-    if not level:
-        return name, None
-    try:
-        return name, float(level)
-    except ValueError:
-        raise LplaError(f"defense level in {spec!r} must be a number, e.g. noise:0.1") from None
+def check_defense(spec: str, seed: int = 0) -> DefenseBase:
+    """Any defense from its spec, its level validated (the name check of a config)."""
+    name, level = parse_defense(spec)
+    return DEFENSES.get(name)(level, seed)
 
 
 def create_defense(spec: str, seed: int = 0) -> Defense:
-    """An unfitted defense from its spec (``"quantize:4"``); fit it before applying it."""
-    name, level = parse_defense(spec)
-    return DEFENSES.get(name)(level, seed)
+    """An unfitted output-side defense from its spec (``"quantize:4"``); fit it before applying
+    it. A training-side spec is an error that says where it can be measured."""
+    defense = check_defense(spec, seed)
+    if not isinstance(defense, Defense):
+        raise LplaError(
+            f"{spec} is a training-side defense: it changes how the target encoder is trained, "
+            "so only an lpla audit that trains the target can measure it (not --encoder, "
+            "--target or embeddings files); output-side ones: "
+            + ", ".join(list_defenses(kind="output"))
+        )
+    return defense
+
+
+def create_training_defense(spec: str) -> TrainingDefense:
+    """A training-side defense from its spec (``"early-stop:100"``)."""
+    defense = check_defense(spec)
+    if not isinstance(defense, TrainingDefense):
+        raise LplaError(
+            f"{spec} is an output-side defense (applied to answers), not a change to training; "
+            "training-side ones: " + ", ".join(list_defenses(kind="training"))
+        )
+    return defense

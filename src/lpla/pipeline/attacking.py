@@ -12,7 +12,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +30,20 @@ from lpla.metrics import evaluate_scores
 from lpla.pipeline.answers import EncoderAnswers
 from lpla.pipeline.settings import AttackSettings
 
-__all__ = ["AttackRun", "check_compatible", "overlap_notes", "run_attacks", "run_defended"]
+if TYPE_CHECKING:
+    from lpla.defenses import Defense
+
+__all__ = [
+    "AttackRun",
+    "check_compatible",
+    "defended_attacks",
+    "defense_entry",
+    "output_defense_entries",
+    "overlap_notes",
+    "run_attacks",
+    "run_defended",
+    "serving_defenses",
+]
 
 
 @dataclass
@@ -318,6 +331,24 @@ def _auc_vs_views(
     return {name: out[name] for name in names if name in out}
 
 
+def serving_defenses(spec: str, encoders: Sequence[EncoderAnswers]) -> dict[str, Defense]:
+    """Each encoder's own output-side defense, fitted once on its own reference answers (its
+    candidates when it has none), by encoder name.
+
+    Each encoder serves its own noise (seed = its position): noise shared between the target and
+    a baseline encoder would cancel in per-image comparisons and flatter the defense's cost. The
+    audit fits the target's defense here too when it measures the utility of served features.
+    """
+    from lpla.defenses import create_defense
+
+    return {
+        a.name: create_defense(spec, seed=i).fit(
+            np.asarray((a.reference or a.candidates).embeddings, np.float32)
+        )
+        for i, a in enumerate(encoders)
+    }
+
+
 def _view_answers_only(
     target: EncoderAnswers, shadows: Sequence[EncoderAnswers], settings: AttackSettings
 ) -> tuple[EncoderAnswers, list[EncoderAnswers], AttackSettings]:
@@ -342,27 +373,18 @@ def run_defended(
     shadows: Sequence[EncoderAnswers],
     settings: AttackSettings,
 ) -> dict[str, Any]:
-    """The same attacks on answers served through an output-side defense.
+    """The same attacks on answers served through an output-side defense: ``{attack: entry}``,
+    entries shaped as :func:`defended_attacks` keeps them.
 
-    Every encoder gets its own defense, fitted once on its own reference answers (its
-    candidates when it has none), and every answer it serves passes through it; the attacker's
-    shadows are defended too. A ``baseline`` answer was served by the *other* encoder of a
-    target/shadow pair, so that encoder's defense applies.
+    Every encoder gets its own defense (:func:`serving_defenses`) and every answer it serves
+    passes through it; the attacker's shadows are defended too. A ``baseline`` answer was served
+    by the *other* encoder of a target/shadow pair, so that encoder's defense applies.
     """
     target, shadows, settings = _view_answers_only(target, shadows, settings)
     if settings.attacks == ():  # only attacks on answers no defense serves were asked for
         return {}
-    from lpla.defenses import create_defense
-
     encoders = [target, *shadows]
-    # each encoder serves its own noise (a seed of its own): noise shared between the target and
-    # a baseline encoder would cancel in per-image comparisons and flatter the defense's cost
-    fitted = {
-        a.name: create_defense(spec, seed=i).fit(
-            np.asarray((a.reference or a.candidates).embeddings, np.float32)
-        )
-        for i, a in enumerate(encoders)
-    }
+    fitted = serving_defenses(spec, encoders)
     partner = (
         {target.name: shadows[0].name, shadows[0].name: target.name} if len(shadows) == 1 else {}
     )
@@ -379,5 +401,56 @@ def run_defended(
 
     t, *s = (a.map(serve(a.name)) for a in encoders)
     run = run_attacks(t, s, dataclasses.replace(settings, views_grid=()))
-    keep = ("auc", "auc_ci95", "tpr_at_fpr", "tpr_at_fpr_ci95", "advantage")
-    return {name: {k: v[k] for k in keep if k in v} for name, v in run.results["attacks"].items()}
+    return defended_attacks(run.results["attacks"])
+
+
+#: what a defense's per-attack entry leaves out of a ``results["attacks"]`` entry: the ROC points
+#: (hundreds per attack and defense) and the attack's parameters (the undefended entry has them)
+DEFENSE_ENTRY_DROPS = ("roc", "params", "fitted")
+
+
+def defended_attacks(attacks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-attack entries as a defense's ``attacks`` holds them: ``results["attacks"]`` entries
+    (auc, auc_ci95, tpr_at_fpr, tpr_at_fpr_ci95, advantage, ...) without DEFENSE_ENTRY_DROPS."""
+    return {
+        name: {k: v for k, v in entry.items() if k not in DEFENSE_ENTRY_DROPS}
+        for name, entry in attacks.items()
+    }
+
+
+def defense_entry(
+    spec: str,
+    attacks: dict[str, dict[str, Any]],
+    utility: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One item of results.json's ``defenses`` list: ``{"defense", "kind", "utility": {
+    "linear_probe", "knn"}, "attacks": {attack: entry}}`` plus ``extra`` keys; ``none`` is the
+    undefended encoder. A utility not measured has both values ``None`` and says why."""
+    from lpla.defenses import defense_kind
+    from lpla.defenses.cost import utility_entry
+
+    kind = "none" if spec == "none" else defense_kind(spec)
+    if utility is None:
+        utility = utility_entry(None, "not measured in this run")
+    return (
+        {"defense": spec, "kind": kind, "utility": utility}
+        | extra
+        | {"attacks": defended_attacks(attacks)}
+    )
+
+
+def output_defense_entries(
+    specs: Sequence[str],
+    target: EncoderAnswers,
+    shadows: Sequence[EncoderAnswers],
+    settings: AttackSettings,
+    undefended: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The ``defenses`` list of a run that measures output-side defenses' leakage only (no
+    utility): ``none`` (the ``undefended`` attack entries) first, then each spec in order."""
+    return [defense_entry("none", undefended)] + [
+        defense_entry(spec, run_defended(spec, target, shadows, settings))
+        for spec in dict.fromkeys(specs)
+        if spec != "none"
+    ]

@@ -37,7 +37,7 @@ from lpla.data.splits import MembershipSplit, labelled, make_paired_halves
 from lpla.errors import LplaError
 from lpla.io import write_json_atomic
 from lpla.pipeline.answers import CANDIDATES, EncoderAnswers
-from lpla.pipeline.attacking import run_attacks, run_defended
+from lpla.pipeline.attacking import output_defense_entries, run_attacks
 from lpla.pipeline.querying import (
     REFERENCE_MAX,
     EncoderPlan,
@@ -254,7 +254,9 @@ def run_own(
         if defenses:
             extra["defenses"] = timed(
                 "defenses",
-                lambda: {spec: run_defended(spec, target, shadows, attack) for spec in defenses},
+                lambda: output_defense_entries(
+                    defenses, target, shadows, attack, run.results["attacks"]
+                ),
             )
         if utility:
             extra["utility"] = timed("utility", lambda: own_utility(plans[0], query))

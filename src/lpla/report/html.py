@@ -15,6 +15,7 @@ from typing import Any
 
 from lpla.errors import LplaError
 from lpla.report import plots
+from lpla.report.defenses import defense_entries, frontier_points
 from lpla.report.render import fmt_ci, fmt_fpr, fmt_num, render_to
 from lpla.report.rundir import RunData, load_run
 from lpla.report.verdict import Verdict, verdict
@@ -119,29 +120,50 @@ def utility_rows(utility: dict[str, Any] | None) -> list[dict[str, str]]:
     return rows
 
 
-def defense_rows(results: dict[str, Any]) -> list[dict[str, str]]:
-    rows = []
-    base = results["attacks"]
-    for spec, by_attack in (results.get("defenses") or {}).items():
-        for name, e in by_attack.items():
-            delta = (
-                (float(e["auc"]) - float(base[name]["auc"]))
-                if name in base and e.get("auc") is not None
-                else None
-            )
-            rows.append(
-                {
-                    "defense": spec,
-                    "attack": name,
-                    "auc": fmt_num(e.get("auc")),
-                    "ci": fmt_ci(e.get("auc_ci95")),
-                    "tpr1": fmt_num((e.get("tpr_at_fpr") or {}).get("0.01")),
-                    "tpr1_ci": _tpr_ci(e, "0.01"),
-                    "advantage": fmt_num(e.get("advantage")),
-                    "delta": "n/a" if delta is None else f"{delta:+.3f}",
-                }
-            )
-    return rows
+def defense_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One display row per defense: its utility, the strongest attack's AUC and the highest
+    TPR at 1% FPR, and the changes from the undefended encoder (``none``)."""
+    points = frontier_points(defense_entries(results))
+    base = next((p for p in points if p["defense"] == "none"), None)
+
+    def change(p: dict[str, Any], key: str) -> str:
+        if base is None or p is base or p.get(key) is None or base.get(key) is None:
+            return ""
+        return f"{float(p[key]) - float(base[key]):+.3f}"
+
+    return [
+        {
+            "defense": p["defense"],
+            "kind": p["kind"] or "",
+            "probe": fmt_num(p["linear_probe"]),
+            "knn": fmt_num(p["knn"]),
+            "probe_change": change(p, "linear_probe"),
+            "attack": p["attack"],
+            "auc": fmt_num(p["auc"]),
+            "ci": fmt_ci([p["auc_lo"], p["auc_hi"]]),
+            "auc_change": change(p, "auc"),
+            "tpr1": fmt_num(p["tpr1"]),
+            "tpr1_ci": fmt_ci([p["tpr1_lo"], p["tpr1_hi"]]) if p["tpr1_lo"] is not None else None,
+            "tpr_attack": p["tpr_attack"] or "",
+        }
+        for p in points
+    ]
+
+
+def defense_attack_rows(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Every attack's AUC under every defense: the attack names and one row per defense."""
+    entries = defense_entries(results)
+    names: list[str] = []
+    for e in entries:
+        names += [a for a in e["attacks"] if a not in names]
+    rows = [
+        {
+            "defense": e["defense"],
+            "aucs": [fmt_num((e["attacks"].get(a) or {}).get("auc")) for a in names],
+        }
+        for e in entries
+    ]
+    return names, rows
 
 
 def spec_rows(target: dict[str, Any] | None, shadow: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -168,6 +190,8 @@ class Figures:
     norm_hist: str | None = None
     score_hist: str | None = None
     auc_vs_k: str | None = None
+    frontier: str | None = None
+    frontier_seeds: int | None = None  # the frontier shows means over this many training seeds
     norm_extra: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
@@ -232,7 +256,25 @@ def run_figures(run: RunData) -> Figures:
         figs.auc_vs_k = plots.data_uri(
             plots.plot_auc_vs_views(avv, run.results.get("auc_vs_views_ci95"))
         )
+    _frontier(run.results, figs)
     return figs
+
+
+def _frontier(results: dict[str, Any], figs: Figures) -> None:
+    """The defenses' privacy-utility frontier: the means over seeds when the run has them."""
+    entries = defense_entries(results)
+    if not entries:
+        return
+    seeds = (results.get("across_seeds") or {}).get("defenses")
+    points = frontier_points(seeds or entries)
+    if sum(p["linear_probe"] is not None for p in points) < 2:
+        figs.missing.append(
+            "privacy-utility frontier: fewer than two defenses (none included) have a measured "
+            "utility (utility off, no labelled test split, or a run from before issue #14)"
+        )
+        return
+    figs.frontier = plots.data_uri(plots.plot_frontier(points))
+    figs.frontier_seeds = int(seeds[0]["n_seeds"]) if seeds else None
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -257,6 +299,7 @@ def run_context(run: RunData) -> dict[str, Any]:
         "figures": run_figures(run),
         "utility": utility_rows(r.get("utility")),
         "defenses": defense_rows(r),
+        "defense_attacks": defense_attack_rows(r),
         "seeds": seed_rows(r.get("across_seeds")),
         "n_seeds": (r.get("across_seeds") or {}).get("n_seeds"),
         "split": split,

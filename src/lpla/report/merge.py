@@ -10,6 +10,7 @@ from typing import Any
 
 from lpla.io import write_json_atomic
 from lpla.report import plots
+from lpla.report.defenses import defense_entries, frontier_points
 from lpla.report.render import fmt_ci, fmt_num, render_to
 from lpla.report.rundir import RunData
 from lpla.report.tables import knowledge_table, tradeoff_points, tradeoff_summary
@@ -18,6 +19,7 @@ from lpla.report.verdict import verdict
 __all__ = [
     "build_merged_report",
     "knowledge_table",
+    "merged_defense_rows",
     "merged_rows",
     "run_labels",
     "tradeoff_summary",
@@ -75,9 +77,20 @@ def merged_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     return rows
 
 
+def merged_defense_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
+    """One row per run x defense: the frontier point of :func:`frontier_points` with the run's
+    label (runs without defenses add none; old runs' dict format is read too)."""
+    rows = []
+    for label, run in zip(run_labels(runs), runs, strict=True):
+        for point in frontier_points(defense_entries(run.results)):
+            rows.append({"label": label, "run_dir": str(run.path)} | point)
+    return rows
+
+
 def build_merged_report(runs: Sequence[RunData], out: Path) -> Path:
     """Write the comparison page to ``out`` and its numbers to ``out`` with ``.json``."""
     rows = merged_rows(runs)
+    defense_rows = merged_defense_rows(runs)
     points, points_note = tradeoff_points(rows)
     tradeoff = tradeoff_summary(rows)
     by_knowledge = knowledge_table(rows)
@@ -100,6 +113,7 @@ def build_merged_report(runs: Sequence[RunData], out: Path) -> Path:
                 for lab, run, v in zip(labels, runs, verdicts, strict=True)
             ],
             "rows": rows,
+            "defenses": defense_rows,
             "tradeoff": tradeoff,
             "auc_by_knowledge": by_knowledge,
         },
@@ -119,6 +133,12 @@ def build_merged_report(runs: Sequence[RunData], out: Path) -> Path:
     knowledge_png = (
         plots.data_uri(plots.plot_knowledge(by_knowledge)) if len(settings) > 1 else None
     )
+    frontier = [r | {"defense": f"{r['label']}: {r['defense']}"} for r in defense_rows]
+    frontier_png = (
+        plots.data_uri(plots.plot_frontier(frontier))
+        if sum(r["linear_probe"] is not None for r in frontier) >= 2
+        else None
+    )
     return render_to(
         out,
         "merged.html.j2",
@@ -136,6 +156,7 @@ def build_merged_report(runs: Sequence[RunData], out: Path) -> Path:
             for a, s in tradeoff.items()
         ],
         knowledge_png=knowledge_png,
+        frontier_png=frontier_png,
         runs=[
             {
                 "label": lab,

@@ -26,9 +26,11 @@ __all__ = [
     "attack_colors",
     "auc_vs_views_figure",
     "data_uri",
+    "frontier_figure",
     "knowledge_figure",
     "norm_histograms_figure",
     "plot_auc_vs_views",
+    "plot_frontier",
     "plot_knowledge",
     "plot_norm_histograms",
     "plot_roc",
@@ -470,6 +472,100 @@ def tradeoff_figure(points: Sequence[Mapping[str, Any]], *, label_points: bool =
 def plot_tradeoff(points: Sequence[Mapping[str, Any]], *, label_points: bool = True) -> bytes:
     """PNG of :func:`tradeoff_figure`."""
     return to_png(tradeoff_figure(points, label_points=label_points))
+
+
+# --- the privacy-utility frontier of defenses --------------------------------------------------
+
+_KIND_STYLE = {  # marker, colour, legend label
+    "none": ("*", "#222222", "none (undefended)"),
+    "output": ("o", "#1f77b4", "output-side"),
+    "training": ("s", "#ff7f0e", "training-side"),
+}
+
+
+def frontier_figure(points: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
+    """Leakage against utility, one point per defense and level: the strongest attack's AUC
+    (left, its interval as error bars) and the highest TPR at 1% FPR (right) against the
+    linear-probe accuracy of what the defended encoder serves.
+
+    Points are :func:`lpla.report.defenses.frontier_points` dicts (``defense``, ``kind``,
+    ``linear_probe``, ``auc``, ``auc_lo``/``auc_hi``, ``tpr1``, ``tpr1_lo``/``tpr1_hi``); the
+    undefended encoder (``none``) is a star, and a dashed line joins the defenses no other beats
+    on both axes (the frontier). Points without a probe accuracy are left out.
+    """
+    from lpla.report.defenses import pareto_front
+
+    usable = [p for p in points if p.get("linear_probe") is not None]
+    fig = _figure(11.5, 4.8)
+    ax_auc, ax_tpr = fig.subplots(1, 2)
+    panels = (
+        (ax_auc, "auc", "auc_lo", "auc_hi", "leakage: strongest attack's AUC"),
+        (ax_tpr, "tpr1", "tpr1_lo", "tpr1_hi", "leakage: highest TPR at 1% FPR"),
+    )
+    for ax, key, lo_key, hi_key, ylabel in panels:
+        pts = [p for p in usable if p.get(key) is not None]
+        seen: set[str] = set()
+        for p in pts:
+            kind = str(p.get("kind") or "output")
+            marker, color, label = _KIND_STYLE.get(kind, _KIND_STYLE["output"])
+            x, y = float(p["linear_probe"]), float(p[key])
+            lo, hi = p.get(lo_key), p.get(hi_key)
+            yerr = None if lo is None or hi is None else [[y - float(lo)], [float(hi) - y]]
+            ax.errorbar(
+                x,
+                y,
+                yerr=yerr,
+                fmt=marker,
+                color=color,
+                ms=12 if kind == "none" else 7,
+                capsize=2,
+                lw=1,
+                label=None if kind in seen else label,
+                zorder=3,
+            )
+            seen.add(kind)
+            ax.annotate(
+                str(p["defense"]),
+                (x, y),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+                color="#444444",
+            )
+        front = pareto_front(pts, leakage=key)
+        if len(front) > 1:
+            by_name = {str(p["defense"]): p for p in pts}
+            ax.plot(
+                [float(by_name[n]["linear_probe"]) for n in front],
+                [float(by_name[n][key]) for n in front],
+                ls="--",
+                color="#888888",
+                lw=1,
+                zorder=2,
+                label="frontier",
+            )
+        if key == "auc":
+            ax.axhline(0.5, ls=":", color=_CHANCE_COLOR, lw=1, label="chance")
+        ax.set_xlabel("utility: linear-probe accuracy of the served features")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(6))
+        if pts:
+            ax.legend(fontsize=8, loc="best")
+        else:
+            ax.text(
+                0.5, 0.5, "no defense with a measured utility", ha="center", transform=ax.transAxes
+            )
+    ax_auc.set_title(
+        title or "privacy-utility frontier: lower and to the right is better", fontsize=9
+    )
+    ax_tpr.set_title("the same for the low-FPR regime", fontsize=9)
+    return fig
+
+
+def plot_frontier(points: Sequence[Mapping[str, Any]], *, title: str | None = None) -> bytes:
+    """PNG of :func:`frontier_figure`."""
+    return to_png(frontier_figure(points, title=title))
 
 
 # --- knowledge settings ------------------------------------------------------------------------
