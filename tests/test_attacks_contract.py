@@ -92,16 +92,18 @@ def test_registry_is_complete() -> None:
     expected = {
         "lpla",
         "lpla-lira",
+        "lpla-rmia",
         "lpla-ref",
         "lpla-diff",
         "norm-threshold",
         "encodermi-t",
+        "encodermi-t-lira",
         "encodermi-v",
         "encodermi-s",
         "partcrop",
     }
     assert set(list_attacks()) == expected
-    assert list_attacks("encodermi-*") == ["encodermi-s", "encodermi-t", "encodermi-v"]
+    assert list_attacks("encodermi-?") == ["encodermi-s", "encodermi-t", "encodermi-v"]
     for name in list_attacks():
         assert ATTACKS.summary(name)
         assert ATTACKS.get(name).name == name

@@ -10,7 +10,7 @@ Every attack takes :class:`AttackInput` (per-image query statistics from
 Numpy, scipy and scikit-learn only: embeddings from any model can be audited.
 """
 
-from lpla.attacks import encodermi, lira, norm, partcrop  # noqa: F401  (registers the attacks)
+from lpla.attacks import encodermi, lira, norm, partcrop, rmia  # noqa: F401  (registers the attacks)
 from lpla.attacks.base import (
     ATTACKS,
     Attack,

@@ -33,6 +33,7 @@ from lpla.registry import Registry
 __all__ = [
     "CALIBRATIONS",
     "SIMILARITY_TRANSFORMS",
+    "CandidateSums",
     "GaussianLiraAttack",
     "LogNormStatistic",
     "MeanSimilarityStatistic",
@@ -326,10 +327,16 @@ class PerImageAttack(Attack):
         """``direction_`` [P]: +1 where members' statistic is larger (mean per-candidate gap)."""
         given = getattr(self, "direction", None)
         if given is not None:
-            self.direction_ = np.full(mu_in.shape[1], float(given))
-            return
-        gap = (mu_in[both] - mu_out[both]).mean(axis=0) if both.any() else np.ones(mu_in.shape[1])
+            gap = np.full(mu_in.shape[1], float(given))
+        elif both.any():
+            gap = (mu_in[both] - mu_out[both]).mean(axis=0)
+        else:
+            gap = np.ones(mu_in.shape[1])
         self.direction_ = np.where(gap >= 0, 1.0, -1.0)
+        # results.json: which way each column moves for members (+1: larger)
+        self.direction_by_column_ = {
+            c: float(d) for c, d in zip(self.stat_.columns, self.direction_, strict=True)
+        }
 
 
 def _who(i: int, shadow: AttackInput) -> str:
@@ -340,7 +347,7 @@ def _who(i: int, shadow: AttackInput) -> str:
 
 
 @dataclass
-class _Sums:
+class CandidateSums:
     """Per-candidate sufficient statistics: counts [C], sums and sums of squares [C, P]."""
 
     n_in: np.ndarray
@@ -351,15 +358,15 @@ class _Sums:
     q_out: np.ndarray
 
     @classmethod
-    def zeros(cls, n_candidates: int, n_columns: int) -> _Sums:
+    def zeros(cls, n_candidates: int, n_columns: int) -> CandidateSums:
         c, p = n_candidates, n_columns
         return cls(
             np.zeros(c), np.zeros((c, p)), np.zeros((c, p)),
             np.zeros(c), np.zeros((c, p)), np.zeros((c, p)),
         )  # fmt: skip
 
-    def copy(self) -> _Sums:
-        return _Sums(*(a.copy() for a in vars(self).values()))
+    def copy(self) -> CandidateSums:
+        return CandidateSums(*(a.copy() for a in vars(self).values()))
 
     def add(self, rows: ShadowRows, sign: float) -> None:
         """Add (sign=+1) or remove (sign=-1) one shadow's values."""
@@ -391,7 +398,7 @@ def _pooled_var(n: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray | Non
     return np.asarray(np.maximum(within.sum(axis=0) / dof, _MIN_VAR))
 
 
-def _table(sums: _Sums, fix_variance: bool) -> _Table:
+def _table(sums: CandidateSums, fix_variance: bool) -> _Table:
     """Per-candidate means and standard deviations, with fallbacks for missing IN/OUT values.
 
     A candidate with no IN value gets ``mu_out + delta`` (delta = mean IN-OUT gap over candidates
@@ -465,7 +472,7 @@ class GaussianLiraAttack(PerImageAttack):
         self.fix_variance_ = (
             (self.n_shadows_ < 64) if self.fix_variance is None else self.fix_variance
         )
-        sums = _Sums.zeros(self.candidates_.size, rows[0].x.shape[1])
+        sums = CandidateSums.zeros(self.candidates_.size, rows[0].x.shape[1])
         for r in rows:
             sums.add(r, +1.0)
         self.sums_ = sums
