@@ -68,7 +68,10 @@ def audit_command(
         [], help="an attack's hyper-parameter, e.g. encodermi-t.calibration=reference (repeat)"
     ),
     defense: list[str] = typer.Option(
-        [], help="output-side defense to measure too, e.g. noise:0.1 (repeat)"
+        [],
+        help="a defense to measure with its utility cost (repeat): output-side (noise:0.1, "
+        "quantize:4, l2-normalize) or training-side, which trains a defended target "
+        "(early-stop:EPOCHS, strong-aug:SCALE, weight-decay:WD); lpla list defenses",
     ),
     seed: int | None = typer.Option(None),
     device: str | None = typer.Option(None, help="auto, cpu or cuda"),
