@@ -17,7 +17,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -92,6 +92,20 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, warmup_steps: i
         return cfg.lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(
+    cfg: TrainConfig, params: Sequence[Tensor], **options: Any
+) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``params`` (shared with lpla.ssl.ensemble, which passes
+    implementation ``options`` such as ``fused``)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay, **options
+        )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **options)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **options)
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -289,15 +303,7 @@ def train_encoder(
     if on_cuda:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer: torch.optim.Optimizer
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            trainable, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay
-        )
-    elif cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, trainable)
     amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
     if on_cuda and amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         amp_dtype = torch.float16

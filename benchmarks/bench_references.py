@@ -1,0 +1,213 @@
+"""Reference-encoder training: ``train_ensemble`` (M encoders batched) vs ``train_encoder`` x M.
+
+The question of ``lpla audit --reference-models M``: how many encoder training steps per second
+the machine delivers when M small encoders train with the audit's recipe (``AUDIT_RECIPE``: mlp,
+SimCLR, batch 128, temperature 0.5, the weak crop/jitter; 128 members each, so one step per
+epoch) on the embedded Fashion-MNIST, each with its own seed and members, for a fixed number of
+steps. Both sides run the whole job, as an audit does: set-up, the loop, the intermediate and
+final checkpoints (``checkpoint_every`` = 10), no utility probe. Runs are interleaved
+(sequential, ensemble, sequential, ...); throughput = M x steps / wall seconds, median of the
+repetitions.
+
+Equal results: the largest weight difference between ensemble member 0 and its solo run, next
+to the noise floor of ``train_encoder`` itself (the same run with 1 thread instead of all).
+
+Threads: unlike the other benchmarks this one uses every core by default (the 2-core question);
+``LPLA_THREADS`` overrides.
+
+Run: ``.venv/bin/python benchmarks/bench_references.py [--quick] [--steps N] [--sizes 8,32]
+[--backbones mlp,cnn-small] [--out results.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LPLA_THREADS", str(len(os.sched_getaffinity(0))))  # before _common
+
+import torch
+from _common import (
+    RESULTS_DIR,
+    interleaved,
+    machine_info,
+    median,
+    print_table,
+    setup_threads,
+    write_results,
+)
+
+TARGET = 3.0  # ensemble / sequential model-steps per second, mlp, M = 8, 2 cores
+DATASET = "fashion-mnist"
+
+
+def parse(argv: Sequence[str] | None = None) -> Any:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_references.json")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per variant")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per encoder")
+    parser.add_argument("--sizes", default=None, help="ensemble sizes M, comma-separated")
+    parser.add_argument("--backbones", default=None, help="comma-separated (default mlp)")
+    return parser.parse_args(argv)
+
+
+def configs(root: Path, backbone: str, size: int, steps: int, members: int) -> list[Any]:
+    """M audit-recipe configs that differ only in seed (so in members, init, order, views)."""
+    from lpla.audit.config import AUDIT_RECIPE
+    from lpla.ssl.config import TrainConfig
+
+    recipe = {**AUDIT_RECIPE, "backbone": backbone, "epochs": steps}
+    recipe["batch_size"] = min(recipe["batch_size"], members)
+    return [
+        TrainConfig(
+            out=str(root / f"enc{i}"),
+            dataset=DATASET,
+            members=members,
+            seed=i,
+            device="cpu",
+            utility=False,
+            progress=False,
+            **recipe,
+        )
+        for i in range(size)
+    ]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from lpla.ssl.checkpoint import Checkpoint
+
+    return load_file(str(Checkpoint(path).model_file))
+
+
+def max_difference(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+
+
+def loss_difference(a: Path, b: Path) -> float:
+    from lpla.ssl.checkpoint import Checkpoint
+
+    ca, cb = (Checkpoint(p).meta()["loss_curve"] for p in (a, b))
+    return max(abs(x - y) / abs(y) for x, y in zip(ca, cb, strict=True))
+
+
+def measure(
+    backbone: str, size: int, steps: int, members: int, reps: int, work: Path, dataset: Any
+) -> dict[str, Any]:
+    from lpla.ssl.ensemble import train_ensemble
+    from lpla.ssl.train import train_encoder
+
+    runs = {"sequential": 0, "ensemble": 0}
+    last: dict[str, list[Path]] = {}
+
+    def fresh(kind: str) -> list[Any]:
+        runs[kind] += 1
+        root = work / f"{backbone}-m{size}-{kind}-{runs[kind]}"
+        return configs(root, backbone, size, steps, members)
+
+    def sequential() -> None:
+        last["sequential"] = [train_encoder(c, dataset=dataset) for c in fresh("sequential")]
+
+    def ensemble() -> None:
+        last["ensemble"] = train_ensemble(fresh("ensemble"), dataset=dataset, log=print)
+
+    # warm-up (first kornia/vmap calls), one step each, then the timed runs
+    warm = configs(work / f"{backbone}-m{size}-warm-up", backbone, 2, 1, members)
+    train_encoder(warm[0], dataset=dataset)
+    train_ensemble([c.replace(out=c.out + "-e") for c in warm], dataset=dataset, log=print)
+    times = interleaved({"sequential": sequential, "ensemble": ensemble}, reps=reps, warmup=0)
+    # the noise floor of the solo run itself: member 0 again, with one thread
+    solo = configs(work / f"{backbone}-m{size}-one-thread", backbone, 1, steps, members)[0]
+    one_thread = train_encoder(solo.replace(threads=1), dataset=dataset)
+    setup_threads()  # back to the benchmark's threads
+    seq_rate = size * steps / median(times["sequential"])
+    ens_rate = size * steps / median(times["ensemble"])
+    return {
+        "backbone": backbone,
+        "ensemble_size": size,
+        "steps": steps,
+        "sequential_s": times["sequential"],
+        "ensemble_s": times["ensemble"],
+        "sequential_model_steps_per_s": seq_rate,
+        "ensemble_model_steps_per_s": ens_rate,
+        "ratio_ensemble_over_sequential": ens_rate / seq_rate,
+        "max_weight_diff_member0": max_difference(last["ensemble"][0], last["sequential"][0]),
+        "max_loss_curve_rel_diff_member0": loss_difference(
+            last["ensemble"][0], last["sequential"][0]
+        ),
+        "noise_floor_max_weight_diff_threads": max_difference(one_thread, last["sequential"][0]),
+    }
+
+
+def main() -> None:
+    args = parse()
+    threads = setup_threads()
+    from lpla.data.registry import create_dataset
+
+    if args.quick:
+        sizes, steps, members, reps, backbones = [2], 2, 32, 1, ["mlp"]
+    else:
+        sizes, steps, members, reps, backbones = [8, 32], 20, 128, 1, ["mlp"]
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sizes
+    steps = args.steps or steps
+    reps = args.reps or reps
+    backbones = args.backbones.split(",") if args.backbones else backbones
+    dataset = create_dataset(DATASET, "train")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lpla-bench-refs-") as tmp:
+        for backbone in backbones:
+            for size in sizes:
+                r = measure(backbone, size, steps, members, reps, Path(tmp), dataset)
+                results.append(r)
+                print(
+                    f"{backbone} M={size}: ratio {r['ratio_ensemble_over_sequential']:.2f}",
+                    flush=True,
+                )
+    print_table(
+        f"reference encoders, audit recipe, {steps} steps each (model-steps/s, "
+        f"{threads} torch thread(s), median of {reps})",
+        ["backbone", "M", "sequential", "ensemble", "ratio", "max |dw| member 0", "1 vs N thr"],
+        [
+            [
+                r["backbone"],
+                r["ensemble_size"],
+                r["sequential_model_steps_per_s"],
+                r["ensemble_model_steps_per_s"],
+                r["ratio_ensemble_over_sequential"],
+                f"{r['max_weight_diff_member0']:.1e}",
+                f"{r['noise_floor_max_weight_diff_threads']:.1e}",
+            ]
+            for r in results
+        ],
+    )
+    target = next((r for r in results if r["backbone"] == "mlp" and r["ensemble_size"] == 8), None)
+    write_results(
+        args.out,
+        {
+            "benchmark": "bench_references",
+            "machine": machine_info(),
+            "config": {
+                "dataset": DATASET,
+                "members": members,
+                "steps": steps,
+                "reps": reps,
+                "recipe": "lpla.audit.config.AUDIT_RECIPE (backbone as listed)",
+                "checkpoint_every": 10,
+                "utility": False,
+            },
+            "results": results,
+            "target_ratio_mlp_m8": TARGET,
+            "met": None if target is None else target["ratio_ensemble_over_sequential"] >= TARGET,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
