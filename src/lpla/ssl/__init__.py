@@ -23,6 +23,7 @@ _EXPORTS = {
     "TrainConfig": "config",
     "train_encoder": "train",
     "TrainingInterrupted": "train",
+    "train_ensemble": "ensemble",
     "load_encoder": "checkpoint",
 }
 
