@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lpla.attacks.base import answers_needed
 from lpla.embeddings import EmbeddingsFile, open_embeddings
 from lpla.errors import LplaError
 from lpla.pipeline.answers import CANDIDATES, EncoderAnswers
@@ -104,14 +105,21 @@ def _shadow_name(i: int, n: int) -> str:
 
 
 def _answers(
-    inputs: GivenInputs, query: QuerySettings, out: Path, progress: bool
+    inputs: GivenInputs,
+    query: QuerySettings,
+    out: Path,
+    progress: bool,
+    attacks: tuple[str, ...] | None = None,
 ) -> tuple[EncoderAnswers, list[EncoderAnswers]]:
     if inputs.target is not None:
         n = len(inputs.shadows)
         plans = [plan_checkpoint("target", inputs.target)] + [
             plan_checkpoint(_shadow_name(i, n), s) for i, s in enumerate(inputs.shadows)
         ]
-        target, *shadows = query_encoders(plans, query, out / "embeddings", progress=progress)
+        roles = answers_needed(attacks)
+        target, *shadows = query_encoders(
+            plans, query, out / "embeddings", progress=progress, roles=roles
+        )
         return target, shadows
     assert inputs.target_embeddings is not None
 
@@ -207,7 +215,7 @@ def run_given(
         target, shadows = _answers(inputs, query, out, progress)
     with run_directory(out):
         if inputs.target is not None:
-            target, shadows = _answers(inputs, query, out, progress)
+            target, shadows = _answers(inputs, query, out, progress, attack.attacks)
         run = run_attacks(target, shadows, attack)
         extra: dict[str, Any] = {
             "title": title,

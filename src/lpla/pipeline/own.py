@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lpla.attacks import applicable_attacks
+from lpla.attacks.base import answers_needed
 from lpla.data.splits import MembershipSplit, labelled, make_paired_halves
 from lpla.errors import LplaError
 from lpla.io import write_json_atomic
@@ -220,7 +221,12 @@ def run_own(
         target, *shadows = timed(
             "query",
             lambda: query_encoders(
-                all_plans, query, out / "embeddings", cache=stages, progress=progress
+                all_plans,
+                query,
+                out / "embeddings",
+                cache=stages,
+                progress=progress,
+                roles=answers_needed(attack.attacks),
             ),
         )
         run = timed("attacks", lambda: run_attacks(target, shadows, attack))
