@@ -32,8 +32,9 @@ def partcrop_features(item: AttackInput, who: str = "input") -> np.ndarray:
     stats = item.answers.get(ANSWER)
     if stats is None or stats.features is None:
         raise LplaError(
-            f"partcrop: the {who} has no PartCrop membership features; query them with "
-            "--attacks partcrop (lpla audit) or pass answers={'partcrop': feature_stats(...)}"
+            f"partcrop: the {who} has no PartCrop membership features; PartCrop queries the "
+            "encoder with crops, so it needs an encoder (lpla audit/attack with --target, "
+            "--encoder or a trained audit), not embeddings files"
         )
     return stats.features
 
