@@ -15,8 +15,11 @@ to the noise floor of ``train_encoder`` itself (the same run with 1 thread inste
 Threads: unlike the other benchmarks this one uses every core by default (the 2-core question);
 ``LPLA_THREADS`` overrides.
 
+Plan: mlp at M = 8 and 32 (``--steps``, default 20), cnn-small at M = 8 (``--cnn-steps``,
+default 5: a conv step costs several mlp steps here; 0 skips it).
+
 Run: ``.venv/bin/python benchmarks/bench_references.py [--quick] [--steps N] [--sizes 8,32]
-[--backbones mlp,cnn-small] [--out results.json]``
+[--cnn-steps N] [--out results.json]``
 """
 
 from __future__ import annotations
@@ -51,8 +54,10 @@ def parse(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_references.json")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per variant")
     parser.add_argument("--steps", type=int, default=None, help="training steps per encoder")
-    parser.add_argument("--sizes", default=None, help="ensemble sizes M, comma-separated")
-    parser.add_argument("--backbones", default=None, help="comma-separated (default mlp)")
+    parser.add_argument("--sizes", default=None, help="mlp ensemble sizes M (default 8,32)")
+    parser.add_argument(
+        "--cnn-steps", type=int, default=None, help="cnn-small steps at M = 8 (default 5; 0: skip)"
+    )
     return parser.parse_args(argv)
 
 
@@ -101,6 +106,10 @@ def loss_difference(a: Path, b: Path) -> float:
 def measure(
     backbone: str, size: int, steps: int, members: int, reps: int, work: Path, dataset: Any
 ) -> dict[str, Any]:
+    """Sequential vs ensemble for one (backbone, M). A conv backbone is batched by force
+    (``batched=True``): by default train_ensemble runs those one after another on a CPU, and
+    this row is the measurement behind that rule."""
+    batched = True if backbone != "mlp" else None
     from lpla.ssl.ensemble import train_ensemble
     from lpla.ssl.train import train_encoder
 
@@ -116,12 +125,16 @@ def measure(
         last["sequential"] = [train_encoder(c, dataset=dataset) for c in fresh("sequential")]
 
     def ensemble() -> None:
-        last["ensemble"] = train_ensemble(fresh("ensemble"), dataset=dataset, log=print)
+        last["ensemble"] = train_ensemble(
+            fresh("ensemble"), dataset=dataset, log=print, batched=batched
+        )
 
     # warm-up (first kornia/vmap calls), one step each, then the timed runs
     warm = configs(work / f"{backbone}-m{size}-warm-up", backbone, 2, 1, members)
     train_encoder(warm[0], dataset=dataset)
-    train_ensemble([c.replace(out=c.out + "-e") for c in warm], dataset=dataset, log=print)
+    train_ensemble(
+        [c.replace(out=c.out + "-e") for c in warm], dataset=dataset, log=print, batched=batched
+    )
     times = interleaved({"sequential": sequential, "ensemble": ensemble}, reps=reps, warmup=0)
     # the noise floor of the solo run itself: member 0 again, with one thread
     solo = configs(work / f"{backbone}-m{size}-one-thread", backbone, 1, steps, members)[0]
@@ -132,6 +145,7 @@ def measure(
     return {
         "backbone": backbone,
         "ensemble_size": size,
+        "batched": "forced (batched=True)" if batched else "auto",
         "steps": steps,
         "sequential_s": times["sequential"],
         "ensemble_s": times["ensemble"],
@@ -152,32 +166,69 @@ def main() -> None:
     from lpla.data.registry import create_dataset
 
     if args.quick:
-        sizes, steps, members, reps, backbones = [2], 2, 32, 1, ["mlp"]
-    else:
-        sizes, steps, members, reps, backbones = [8, 32], 20, 128, 1, ["mlp"]
+        sizes, steps, cnn_steps, members, reps = [2], 2, 0, 32, 1
+    else:  # ~3 minutes on 2 shared cores
+        sizes, steps, cnn_steps, members, reps = [8, 32], 20, 5, 128, 1
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sizes
     steps = args.steps or steps
+    cnn_steps = cnn_steps if args.cnn_steps is None else args.cnn_steps
     reps = args.reps or reps
-    backbones = args.backbones.split(",") if args.backbones else backbones
+    plan = [("mlp", size, steps) for size in sizes]
+    if cnn_steps:  # conv steps cost ~5x the mlp's on a CPU: fewer of them
+        plan.append(("cnn-small", 8, cnn_steps))
     dataset = create_dataset(DATASET, "train")
-    results = []
+    machine = machine_info()  # the load average before our own runs
+    results: list[dict[str, Any]] = []
+
+    def save(complete: bool) -> None:
+        """Rewritten after every row: a run cut short keeps what it measured."""
+        target = next(
+            (r for r in results if r["backbone"] == "mlp" and r["ensemble_size"] == 8), None
+        )
+        ratio = None if target is None else target["ratio_ensemble_over_sequential"]
+        write_results(
+            args.out,
+            {
+                "benchmark": "bench_references",
+                "machine": machine,
+                "config": {
+                    "dataset": DATASET,
+                    "members": members,
+                    "steps": {f"{b}-m{m}": n for b, m, n in plan},
+                    "reps": reps,
+                    "recipe": "lpla.audit.config.AUDIT_RECIPE (backbone as listed)",
+                    "checkpoint_every": 10,
+                    "utility": False,
+                },
+                "complete": complete,
+                "results": results,
+                "target_ratio_mlp_m8": TARGET,
+                "met": None if ratio is None else ratio >= TARGET,
+            },
+        )
+
     with tempfile.TemporaryDirectory(prefix="lpla-bench-refs-") as tmp:
-        for backbone in backbones:
-            for size in sizes:
-                r = measure(backbone, size, steps, members, reps, Path(tmp), dataset)
-                results.append(r)
-                print(
-                    f"{backbone} M={size}: ratio {r['ratio_ensemble_over_sequential']:.2f}",
-                    flush=True,
-                )
+        for backbone, size, n_steps in plan:
+            results.append(measure(backbone, size, n_steps, members, reps, Path(tmp), dataset))
+            save(complete=False)
     print_table(
-        f"reference encoders, audit recipe, {steps} steps each (model-steps/s, "
-        f"{threads} torch thread(s), median of {reps})",
-        ["backbone", "M", "sequential", "ensemble", "ratio", "max |dw| member 0", "1 vs N thr"],
+        f"reference encoders, audit recipe (model-steps/s, {threads} torch thread(s), "
+        f"median of {reps})",
+        [
+            "backbone",
+            "M",
+            "steps",
+            "sequential",
+            "ensemble",
+            "ratio",
+            "max |dw| member 0",
+            "1 vs N thr",
+        ],
         [
             [
                 r["backbone"],
                 r["ensemble_size"],
+                r["steps"],
                 r["sequential_model_steps_per_s"],
                 r["ensemble_model_steps_per_s"],
                 r["ratio_ensemble_over_sequential"],
@@ -187,26 +238,7 @@ def main() -> None:
             for r in results
         ],
     )
-    target = next((r for r in results if r["backbone"] == "mlp" and r["ensemble_size"] == 8), None)
-    write_results(
-        args.out,
-        {
-            "benchmark": "bench_references",
-            "machine": machine_info(),
-            "config": {
-                "dataset": DATASET,
-                "members": members,
-                "steps": steps,
-                "reps": reps,
-                "recipe": "lpla.audit.config.AUDIT_RECIPE (backbone as listed)",
-                "checkpoint_every": 10,
-                "utility": False,
-            },
-            "results": results,
-            "target_ratio_mlp_m8": TARGET,
-            "met": None if target is None else target["ratio_ensemble_over_sequential"] >= TARGET,
-        },
-    )
+    save(complete=True)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def _ensemble_and_solos(
     root: Path, data: ArrayDataset, **recipe: Any
 ) -> tuple[list[Path], list[Path]]:
     cfgs = [_cfg(root, f"member{i}", **recipe, **who) for i, who in enumerate(MEMBERS)]
-    batched = train_ensemble(cfgs, dataset=data)
+    batched = train_ensemble(cfgs, dataset=data, log=pytest.fail, batched=True)
     solos = [
         train_encoder(c.replace(out=str(root / f"solo{i}")), dataset=data)
         for i, c in enumerate(cfgs)
@@ -207,7 +207,7 @@ def test_other_batched_frameworks_match_solo_runs(tmp_path, blobs, framework, lr
         )
         for i, who in enumerate(MEMBERS[:2])
     ]
-    batched = train_ensemble(cfgs, dataset=blobs, log=pytest.fail)  # batched: no fallback line
+    batched = train_ensemble(cfgs, dataset=blobs, log=pytest.fail, batched=True)
     for i, (b, c) in enumerate(zip(batched, cfgs, strict=True)):
         _assert_same_run(
             b,
@@ -357,6 +357,31 @@ def test_momentum_framework_falls_back_to_solo_runs(tmp_path, blobs) -> None:
             load_file(str(solo / "model.safetensors")),
         )
         assert all(torch.equal(wo[k], ws[k]) for k in wo)  # it is train_encoder's run
+
+
+def test_when_batching_applies(tmp_path, blobs) -> None:
+    """Auto: the mlp is batched on a CPU, conv backbones run one after another there (a grouped
+    convolution is slower than separate ones); batched=False never batches."""
+    lines: list[str] = []
+    mlp = train_ensemble(
+        [_cfg(tmp_path, f"m{i}", epochs=1, seed=i) for i in range(2)],
+        dataset=blobs,
+        log=lines.append,
+    )
+    conv = train_ensemble(
+        [_cfg(tmp_path, f"c{i}", epochs=1, seed=i, backbone="cnn-small") for i in range(2)],
+        dataset=blobs,
+        log=lines.append,
+    )
+    never = train_ensemble(
+        [_cfg(tmp_path, f"n{i}", epochs=1, seed=i) for i in range(2)],
+        dataset=blobs,
+        log=lines.append,
+        batched=False,
+    )
+    assert all("ensemble" in _meta(p) for p in mlp)
+    assert not any("ensemble" in _meta(p) for p in [*conv, *never])
+    assert len(lines) == 2 and "convolutions are slower" in lines[0] and "batched=False" in lines[1]
 
 
 def test_finished_runs_are_skipped(tmp_path, blobs) -> None:
