@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from lpla.attacks.base import Attack, check_choice, standardise
+from lpla.attacks.encodermi import mean_similarity
 from lpla.attacks.features import AttackInput, QueryStats, p_label
+from lpla.attacks.norm import norm_features
 from lpla.errors import LplaError
 from lpla.registry import Registry
 
@@ -99,8 +101,6 @@ class LogNormStatistic(PerImageStatistic):
         self.scale = 1.0
 
     def raw(self, stats: QueryStats) -> np.ndarray:
-        from lpla.attacks.norm import norm_features  # norm imports nothing from here
-
         return np.stack(
             [norm_features(stats, p, self.statistic)[:, 0] for p in self.p_values], axis=1
         )
@@ -143,8 +143,6 @@ class MeanSimilarityStatistic(PerImageStatistic):
         self.scale = 1.0 if transform == "atanh" else None
 
     def raw(self, stats: QueryStats) -> np.ndarray:
-        from lpla.attacks.encodermi import mean_similarity
-
         mean = mean_similarity(AttackInput(stats), self.similarity, "none")
         return self._fn(mean)[:, None]
 
