@@ -93,6 +93,7 @@ def test_registry_is_complete() -> None:
         "lpla",
         "lpla-lira",
         "lpla-rmia",
+        "lira-combined",
         "lpla-ref",
         "lpla-diff",
         "norm-threshold",

@@ -10,14 +10,16 @@ the OUT shadows; the target's value is scored online with
 large regardless of membership, which class-level attacks cannot do. Both attacks here are
 :class:`~lpla.attacks.perimage.GaussianLiraAttack` with another
 :class:`~lpla.attacks.perimage.PerImageStatistic`, so they are calibrated and scored identically:
-the comparison between norms and similarities is fair.
+the comparison between norms and similarities is fair. ``lira-combined`` weighs the two by their
+held-out scores on the references.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
-from lpla.attacks.base import ATTACKS, check_choice, resolve_p
+from lpla.attacks.base import ATTACKS, Attack, check_choice, resolve_p
 from lpla.attacks.features import SIMILARITIES, AttackInput, PSpec, parse_p
 from lpla.attacks.perimage import (
     AUTO_TRANSFORM,
@@ -27,8 +29,9 @@ from lpla.attacks.perimage import (
     MeanSimilarityStatistic,
     PerImageStatistic,
 )
+from lpla.errors import LplaError
 
-__all__ = ["EncoderMITLiraAttack", "LiraAttack"]
+__all__ = ["CombinedLiraAttack", "EncoderMITLiraAttack", "LiraAttack"]
 
 
 @ATTACKS.register("lpla-lira", "LpLA-LiRA: per-image IN/OUT Gaussians over many shadows")
@@ -133,3 +136,91 @@ class EncoderMITLiraAttack(GaussianLiraAttack):
             else self.transform
         )
         return MeanSimilarityStatistic(self.similarity, self.transform_)
+
+
+@ATTACKS.register(
+    "lira-combined", "lpla-lira + encodermi-t-lira, weighted by a fit on their held-out scores"
+)
+class CombinedLiraAttack(Attack):
+    """Norms and view similarity together: a weighted sum of the two per-image LiRA scores.
+
+    Both parts are fitted on the shadows as usual; the weights come from a logistic regression
+    on their *leave-one-shadow-out* scores (each shadow scored by Gaussians fitted without it),
+    so no shadow judges the weights on its own values: the references alone decide how much
+    each signal counts, and ``threshold_`` is read from the same held-out scores.
+
+    Args:
+        mode, p, statistic, calibration: as ``lpla-lira`` (``mode`` and ``calibration`` also for
+            the similarity part).
+        similarity, transform: as ``encodermi-t-lira``.
+        C: inverse L2 strength of the logistic regression (sklearn's).
+    """
+
+    name = "lira-combined"
+    min_views = 2
+    needs_shadow = True
+    needs_reference = False
+    min_shadows = 2
+
+    def __init__(
+        self,
+        mode: str = "online",
+        p: PSpec | None = None,
+        statistic: str = "mean",
+        similarity: str = "cosine",
+        transform: str = "auto",
+        calibration: str = "auto",
+        C: float = 1.0,
+    ) -> None:
+        self._parts(mode, p, statistic, similarity, transform, calibration)  # validates
+        if not (isinstance(C, int | float) and not isinstance(C, bool) and C > 0):
+            raise LplaError(f"{self.name}: C must be a number > 0; got {C!r}")
+        self.mode = mode
+        self.p = p
+        self.statistic = statistic
+        self.similarity = similarity
+        self.transform = transform
+        self.calibration = calibration
+        self.C = C
+
+    @staticmethod
+    def _parts(
+        mode: str, p: PSpec | None, statistic: str, similarity: str, transform: str, cal: str
+    ) -> tuple[LiraAttack, EncoderMITLiraAttack]:
+        return (
+            LiraAttack(mode=mode, p=p, statistic=statistic, calibration=cal),
+            EncoderMITLiraAttack(mode=mode, similarity=similarity, transform=transform,
+                                 calibration=cal),
+        )  # fmt: skip
+
+    def _fit(self, shadows: list[AttackInput]) -> None:
+        parts = self._parts(
+            self.mode, self.p, self.statistic, self.similarity, self.transform, self.calibration
+        )
+        columns, labels = [], None
+        for part in parts:
+            part.fit(shadows)
+            held_out = part._shadow_scores(shadows)
+            assert held_out is not None
+            columns.append(held_out[0])
+            assert labels is None or np.array_equal(labels, held_out[1])
+            labels = held_out[1]
+        assert labels is not None
+        x = np.column_stack(columns)
+        self.parts_ = parts
+        self.centre_, self.spread_ = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-12)
+        model = LogisticRegression(C=self.C).fit((x - self.centre_) / self.spread_, labels)
+        self.coef_ = model.coef_[0]
+        self.weight_norm_, self.weight_similarity_ = (float(w) for w in self.coef_)
+        self._held_out = (x, labels)
+
+    def _combine(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(((x - self.centre_) / self.spread_) @ self.coef_)
+
+    def _shadow_scores(self, shadows: list[AttackInput]) -> tuple[np.ndarray, np.ndarray] | None:
+        x, labels = self._held_out
+        del self._held_out
+        return self._combine(x), labels
+
+    def _score(self, target: AttackInput) -> np.ndarray:
+        return self._combine(np.column_stack([part.score(target) for part in self.parts_]))
