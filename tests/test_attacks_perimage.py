@@ -346,7 +346,7 @@ def test_attack_cli_reports_per_image_attacks_by_default(tmp_path: Path) -> None
     elapsed = time.perf_counter() - start
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())["attacks"]
-    for name in PER_IMAGE:
+    for name in (*PER_IMAGE, "lira-combined"):
         entry = results[name]
         assert entry["auc"] > 0.9, (name, entry["auc"])
         assert entry["auc"] > results["lpla"]["auc"] + 0.25

@@ -208,6 +208,7 @@ class CombinedLiraAttack(Attack):
         assert labels is not None
         x = np.column_stack(columns)
         self.parts_ = parts
+        self.n_shadows_, self.n_candidates_ = parts[0].n_shadows_, parts[0].n_candidates_
         self.centre_, self.spread_ = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-12)
         model = LogisticRegression(C=self.C).fit((x - self.centre_) / self.spread_, labels)
         self.coef_ = model.coef_[0]
