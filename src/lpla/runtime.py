@@ -20,7 +20,7 @@ def seed_everything(seed: int) -> None:
 
 
 def set_threads(num_threads: int | None = None) -> int:
-    """Use the free cores, not more: oversubscribed torch threads thrash on small machines.
+    """Use the free cores, not more: oversubscribed torch and BLAS threads thrash on small machines.
 
     ``LPLA_THREADS`` overrides; the default is the number of cores this process may use.
     """
@@ -32,6 +32,11 @@ def set_threads(num_threads: int | None = None) -> int:
     num_threads = max(1, num_threads)
     if torch.get_num_threads() != num_threads:
         torch.set_num_threads(num_threads)
+    # numpy/scikit-learn's BLAS pools too: two processes sharing 2 cores with 2 BLAS threads
+    # each made the MLP attacks several times slower than with one thread each
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(num_threads)
     return num_threads
 
 

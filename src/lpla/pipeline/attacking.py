@@ -226,6 +226,9 @@ def run_attacks(
     target: EncoderAnswers, shadows: Sequence[EncoderAnswers], settings: AttackSettings
 ) -> AttackRun:
     """Fit every chosen attack on the shadow(s), score the target, and compute the metrics."""
+    from lpla.runtime import set_threads
+
+    set_threads()  # also the BLAS pools of numpy / scikit-learn (LPLA_THREADS)
     check_compatible(target, shadows)
     settings.validate()
     k = int(target.candidates.embeddings.shape[1])
