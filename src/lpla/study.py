@@ -201,10 +201,13 @@ DEFENSES_CPU = (
 @PRESETS.register(
     "defenses-cpu",
     "the default audit under 12 defense levels (noise, quantize, l2-normalize, early-stop, "
-    "strong-aug, weight-decay) x 2 seeds: the privacy-utility frontier (2 CPUs, ~40 min)",
+    "strong-aug, weight-decay) x 3 seeds: the privacy-utility frontier (2 idle CPUs, ~20 min)",
 )
 def _defenses_cpu() -> StudyGrid:
-    base = AuditConfig(n_bootstrap=500, seeds=2, defenses=DEFENSES_CPU)
+    # Cost per seed on 2 idle cores, from the default audit's stage times (docs/results.md §1)
+    # and defenses-demo's: the audit ~2.3 min, an output-side defense ~15 s (attacks without the
+    # K grid + one probe), a training-side one ~25 s (train, query, attack, probe): ~6.5 min.
+    base = AuditConfig(n_bootstrap=500, seeds=3, defenses=DEFENSES_CPU)
     return StudyGrid(
         base=base,
         epochs=(base.target.epochs,),

@@ -546,6 +546,7 @@ def frontier_figure(points: Sequence[Mapping[str, Any]], *, title: str | None = 
             )
         if key == "auc":
             ax.axhline(0.5, ls=":", color=_CHANCE_COLOR, lw=1, label="chance")
+        ax.margins(x=0.12)  # room for the labels of the points at the edges
         ax.set_xlabel("utility: linear-probe accuracy of the served features")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
