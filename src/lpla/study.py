@@ -122,7 +122,10 @@ CALIBRATED_ATTACKS = (
     "lpla-lira",
     "lpla-lira-offline",
     "lpla-rmia",
+    "lpla-rmia-offline",
     "encodermi-t-lira",
+    "encodermi-t-lira-offline",
+    "lira-combined",
 )
 
 
@@ -406,9 +409,12 @@ def write_study_outputs(
     }
     if defenses:
         summary["defenses"] = defenses
-        summary["frontier"] = {
-            "auc": pareto_front(defenses, "auc"),
-            "tpr_at_1pct_fpr": pareto_front(defenses, "tpr1"),
+        summary["frontier"] = {  # per cell: one encoder's defenses compete with each other
+            cell: {
+                "auc": pareto_front([p for p in defenses if p["cell"] == cell], "auc"),
+                "tpr_at_1pct_fpr": pareto_front([p for p in defenses if p["cell"] == cell], "tpr1"),
+            }
+            for cell in dict.fromkeys(p["cell"] for p in defenses)
         }
         _write_defenses(defenses, out)
     write_json_atomic(out / "study.json", summary)
@@ -453,7 +459,7 @@ def _defenses_markdown(summary: dict[str, Any]) -> list[str]:
     points = summary.get("defenses") or []
     if not points:
         return []
-    front = set(summary["frontier"]["auc"])
+    front = {(cell, d) for cell, f in summary["frontier"].items() for d in f["auc"]}
     seeds = max(int(p.get("n_seeds") or 1) for p in points)
     interval = f"t-interval over {seeds} seeds" if seeds > 1 else "bootstrap interval"
     lines = [
@@ -467,7 +473,7 @@ def _defenses_markdown(summary: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
-        star = " *" if p["defense"] in front else ""
+        star = " *" if (p["cell"], p["defense"]) in front else ""
         ci = "n/a" if p["auc_lo"] is None else f"[{p['auc_lo']:.3f}, {p['auc_hi']:.3f}]"
         tpr = f"{_fmt(p['tpr1'])} ({p['tpr_attack']})" if p["tpr1"] is not None else "n/a"
         lines.append(

@@ -322,3 +322,34 @@ def _plain(value: Any) -> Any:
 def tiny_log(values: np.ndarray) -> np.ndarray:
     """Log that maps 0 (an all-zero embedding) to a very negative finite number, not -inf."""
     return np.log(np.maximum(values, np.finfo(np.float64).tiny))
+
+
+def register_variant(base: type[Attack], name: str, summary: str, **defaults: Any) -> type[Attack]:
+    """Register ``base`` under another name with other defaults (e.g. ``mode="offline"``).
+
+    One results table can then hold two settings of one attack side by side (results are keyed
+    by attack name); every other parameter, and the ability to override the new defaults, stay.
+    """
+    sig = inspect.signature(base.__init__)
+    unknown = sorted(set(defaults) - set(sig.parameters))
+    if unknown:
+        raise ValueError(f"{base.__name__} has no parameter {', '.join(unknown)}")
+    params = [
+        p.replace(default=defaults[p.name]) if p.name in defaults else p
+        for p in sig.parameters.values()
+    ]
+    new_sig = sig.replace(parameters=params)
+
+    def __init__(self: Attack, *args: Any, **kwargs: Any) -> None:
+        bound = new_sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        base.__init__(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = new_sig  # type: ignore[attr-defined]
+    cls = type(
+        base.__name__ + "".join(str(v).title() for v in defaults.values()),
+        (base,),
+        {"__init__": __init__, "name": name, "__doc__": f"{summary}.\n\n{base.__doc__}"},
+    )
+    ATTACKS.add(name, cls, summary)
+    return cls

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from lpla.attacks.base import ATTACKS, Attack, check_choice, resolve_p
+from lpla.attacks.base import ATTACKS, Attack, check_choice, register_variant, resolve_p
 from lpla.attacks.features import SIMILARITIES, AttackInput, PSpec, parse_p
 from lpla.attacks.perimage import (
     AUTO_TRANSFORM,
@@ -225,3 +225,19 @@ class CombinedLiraAttack(Attack):
 
     def _score(self, target: AttackInput) -> np.ndarray:
         return self._combine(np.column_stack([part.score(target) for part in self.parts_]))
+
+
+# The offline settings under names of their own, so one run reports online and offline side by
+# side (RMIA's and LiRA's papers both recommend offline when few references exist).
+register_variant(
+    LiraAttack,
+    "lpla-lira-offline",
+    "LpLA-LiRA offline: OUT references only, one-sided",
+    mode="offline",
+)
+register_variant(
+    EncoderMITLiraAttack,
+    "encodermi-t-lira-offline",
+    "EncoderMI-T's statistic through offline LiRA (OUT references only)",
+    mode="offline",
+)

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
-from lpla.attacks.base import ATTACKS, check_choice, resolve_p
+from lpla.attacks.base import ATTACKS, check_choice, register_variant, resolve_p
 from lpla.attacks.features import AttackInput, PSpec, parse_p
 from lpla.attacks.perimage import (
     CALIBRATIONS,
@@ -309,3 +309,11 @@ def _summed_log_ratio(q: np.ndarray, prior: np.ndarray) -> np.ndarray:
 
 def _number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
+
+
+register_variant(
+    RmiaAttack,
+    "lpla-rmia-offline",
+    "LpLA-RMIA offline: Pr(x) from OUT references with the tuned interpolation a",
+    mode="offline",
+)
