@@ -263,3 +263,83 @@ def test_audit_reports_each_defense_with_its_utility(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.output
     assert "[run] train" not in again.output and "[run] utility" not in again.output
     assert json.loads((out / "results.json").read_text())["defenses"] == entries
+
+
+# --- across seeds and in a study -----------------------------------------------------------------
+
+
+def _run(probe: float, aucs: dict[str, float]) -> dict:
+    """A replicate's results.json, reduced to what the defense summaries read."""
+
+    def entry(auc: float) -> dict:
+        return {
+            "auc": auc,
+            "auc_ci95": [auc - 0.05, auc + 0.05],
+            "tpr_at_fpr": {"0.001": 0.0, "0.01": round(auc - 0.55, 3)},
+            "tpr_at_fpr_ci95": {"0.001": [0.0, 0.01], "0.01": [0.0, 0.3]},
+            "advantage": 0.2,
+        }
+
+    defenses = [
+        {
+            "defense": spec,
+            "kind": kind,
+            "utility": {"linear_probe": probe - cost, "knn": probe - cost - 0.02},
+            "attacks": {"lpla": entry(aucs[spec] - 0.05), "encodermi-t": entry(aucs[spec])},
+        }
+        for spec, kind, cost in (("none", "none", 0.0), ("early-stop:50", "training", 0.02))
+    ]
+    return {
+        "attacks": defenses[0]["attacks"],
+        "utility": {"linear_probe_acc": probe, "knn_acc": probe - 0.02},
+        "defenses": defenses,
+    }
+
+
+def test_defenses_across_seeds_average_utility_and_leakage() -> None:
+    from lpla.report.defenses import defenses_across_seeds
+
+    runs = [
+        _run(0.83, {"none": 0.78, "early-stop:50": 0.62}),
+        _run(0.81, {"none": 0.80, "early-stop:50": 0.64}),
+        _run(0.82, {"none": 0.79, "early-stop:50": 0.60}),
+    ]
+    summary = {e["defense"]: e for e in defenses_across_seeds(runs)}
+    assert list(summary) == ["none", "early-stop:50"]
+    early = summary["early-stop:50"]
+    assert early["n_seeds"] == 3 and early["kind"] == "training"
+    assert early["utility"]["linear_probe"] == pytest.approx(0.80)
+    assert early["utility"]["linear_probe_per_seed"] == pytest.approx([0.81, 0.79, 0.80])
+    t = early["attacks"]["encodermi-t"]
+    assert t["auc"] == [0.62, 0.64, 0.60] and t["auc_mean"] == pytest.approx(0.62)
+    lo, hi = t[
+        "auc_ci95_seeds"
+    ]  # mean +- t(0.975, 2) * sd / sqrt(3) = 0.62 +- 4.303 * 0.02 / 1.732
+    assert (lo, hi) == pytest.approx((0.62 - 0.04969, 0.62 + 0.04969), abs=1e-4)
+
+
+def test_a_study_writes_the_frontier(tmp_path: Path) -> None:
+    from lpla.study import cell_defense_rows, cell_rows, write_study_outputs
+
+    results = _run(0.83, {"none": 0.78, "early-stop:50": 0.62})
+    cfg = AuditConfig()
+    write_study_outputs(
+        cell_rows("cell", cfg, results),
+        tmp_path,
+        "a study",
+        defenses=cell_defense_rows("cell", results),
+    )
+    summary = json.loads((tmp_path / "study.json").read_text())
+    assert [p["defense"] for p in summary["defenses"]] == ["none", "early-stop:50"]
+    early = summary["defenses"][1]
+    assert early["attack"] == "encodermi-t"
+    assert (early["auc"], early["linear_probe"]) == pytest.approx((0.62, 0.81))
+    # early-stop:50 costs 0.02 of probe accuracy for 0.16 of AUC: both are on the frontier
+    assert summary["frontier"]["cell"]["auc"] == ["early-stop:50", "none"]
+    csv_lines = (tmp_path / "defenses.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("cell,defense,kind,n_seeds,linear_probe,knn,attack,auc")
+    assert len(csv_lines) == 3
+    assert (tmp_path / "frontier.png").read_bytes().startswith(b"\x89PNG")
+    md = (tmp_path / "study.md").read_text()
+    assert "## Defenses: the privacy-utility frontier" in md
+    assert "| cell | early-stop:50 * | training | 0.810 | 0.790 | encodermi-t | 0.620 |" in md
