@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lpla.audit.config import AuditConfig
-from lpla.audit.training import train_config
+from lpla.audit.training import train_config, train_settings
 from lpla.defenses import create_training_defense, defense_kind, defense_slug
 from lpla.defenses.cost import served_utility, utility_entry
 from lpla.errors import LplaError
@@ -136,7 +136,7 @@ def _training_defense(job: AuditDefenses, spec: str, util: _Utility) -> dict[str
     )
     tcfg.validate()
     stages = StageCache(where, job.log)
-    settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in ("out", "split")}
+    settings = train_settings(tcfg)
     key = {"train": settings, "split": job.split_fingerprint}
 
     def train() -> None:
