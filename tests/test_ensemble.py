@@ -448,3 +448,27 @@ def test_utility_is_measured_per_member(tmp_path, blobs) -> None:
     assert (
         _meta(outs[1])["utility"]["linear_probe_acc"] > 0.25
     )  # measured on member 1's own weights
+
+
+def test_worker_processes_train_the_same_members(blobs, tmp_path: Path) -> None:
+    """Two single-threaded processes, members dealt round-robin: each member is still its solo
+    run (within the mlp + SGD tolerance), and the files are the same."""
+    recipe: dict[str, Any] = {"optimizer": "sgd", "lr": 0.05}
+    cfgs = [_cfg(tmp_path, f"member{i}", **recipe, **who) for i, who in enumerate(MEMBERS)]
+    outs = train_ensemble(cfgs, dataset=blobs, log=lambda m: None, workers=2)
+    assert outs == [Path(c.out) for c in cfgs]
+    for i, cfg in enumerate(cfgs):
+        alone = cfg.replace(out=str(tmp_path / f"solo{i}"), threads=1)
+        solo = train_encoder(alone, dataset=blobs)
+        _assert_same_run(Path(cfg.out), solo, atol=1e-5)
+
+
+def test_workers_are_one_on_request_and_never_below_one(tmp_path: Path) -> None:
+    from lpla.ssl.ensemble import _worker_count
+
+    cfgs = [_cfg(tmp_path, f"m{i}") for i in range(3)]
+    assert _worker_count(cfgs, 1) == 1
+    assert _worker_count(cfgs, 8) == 3  # never more processes than members
+    assert _worker_count(cfgs[:1], 4) == 1
+    with pytest.raises(LplaError, match="workers"):
+        _worker_count(cfgs, 0)

@@ -19,6 +19,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_budget() -> int:
+    """Cores this process may use: ``LPLA_THREADS`` when set, else the CPU affinity's size."""
+    env = os.environ.get("LPLA_THREADS")
+    return max(1, int(env) if env else len(os.sched_getaffinity(0)))
+
+
 def set_threads(num_threads: int | None = None) -> int:
     """Use the free cores, not more: oversubscribed torch and BLAS threads thrash on small machines.
 
@@ -26,10 +32,7 @@ def set_threads(num_threads: int | None = None) -> int:
     """
     import torch
 
-    if num_threads is None:
-        env = os.environ.get("LPLA_THREADS")
-        num_threads = int(env) if env else len(os.sched_getaffinity(0))
-    num_threads = max(1, num_threads)
+    num_threads = max(1, cpu_budget() if num_threads is None else num_threads)
     if torch.get_num_threads() != num_threads:
         torch.set_num_threads(num_threads)
     # numpy/scikit-learn's BLAS pools too: two processes sharing 2 cores with 2 BLAS threads

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from lpla.data.base import ImageDataset
 from lpla.errors import LplaError
-from lpla.runtime import resolve_device, seed_everything, set_threads, versions
+from lpla.runtime import cpu_budget, resolve_device, seed_everything, set_threads, versions
 from lpla.ssl.augment import create_augmentation
 from lpla.ssl.backbones import create_backbone
 from lpla.ssl.checkpoint import (
@@ -111,6 +111,7 @@ def train_ensemble(
     log: Log | None = None,
     on_step: OnStep | None = None,
     batched: bool | None = None,
+    workers: int | None = 1,
 ) -> list[Path]:
     """Train every ``cfg`` as ``train_encoder(cfg)`` would; return their checkpoint directories.
 
@@ -121,6 +122,10 @@ def train_ensemble(
     ``train_encoder``. ``on_step(step, losses)`` gets every member's loss after each step.
     ``batched``: None batches where that is exact and faster (not conv backbones on a CPU),
     True wherever it is exact, False never (``train_encoder`` one after another).
+    ``workers``: processes that each train a share of the members with one thread (CPU only;
+    ``None``: one per core :func:`~lpla.runtime.cpu_budget` allows). A small encoder's step
+    is compute-bound on a CPU and uses a second thread poorly, so two single-threaded
+    processes outrun one two-threaded one (docs/performance.md).
     """
     say: Log = log or print
     cfgs = list(cfgs)
@@ -130,6 +135,13 @@ def train_ensemble(
         cfg.validate()
     _check_same_recipe(cfgs)
     outs = [Path(c.out) for c in cfgs]
+    n_workers = _worker_count(cfgs, workers)
+    if n_workers > 1:
+        if on_step is not None:
+            raise ValueError("on_step cannot follow training in worker processes; workers=1")
+        say(f"training {len(cfgs)} encoder(s) in {n_workers} processes of one thread each")
+        _train_in_workers(cfgs, n_workers, dataset, test_dataset, batched)
+        return outs
 
     reason = "asked to (batched=False)" if batched is False else _fallback_reason(cfgs[0])
     if reason is None:
@@ -155,6 +167,55 @@ def train_ensemble(
     for cfg in cfgs:
         train_encoder(cfg, dataset=dataset, test_dataset=test_dataset)
     return outs
+
+
+def _worker_count(cfgs: list[TrainConfig], workers: int | None) -> int:
+    """How many processes share the members: 1 on a GPU or when asked; else up to the cores."""
+    if workers is not None and workers < 1:
+        raise LplaError(f"workers must be >= 1, got {workers}")
+    if resolve_device(cfgs[0].device) != "cpu" or len(cfgs) < 2:
+        return 1
+    wanted = cpu_budget() if workers is None else workers
+    return max(1, min(wanted, len(cfgs)))
+
+
+def _train_in_workers(
+    cfgs: list[TrainConfig],
+    n_workers: int,
+    dataset: ImageDataset | None,
+    test_dataset: ImageDataset | None,
+    batched: bool | None,
+) -> None:
+    """Members dealt round-robin to ``n_workers`` spawned processes, each one thread; a worker's
+    error (or an interruption) is raised here once every worker has stopped."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    groups = [
+        [
+            dataclasses.replace(c, threads=1, progress=c.progress and w == 0)
+            for c in cfgs[w::n_workers]
+        ]
+        for w in range(n_workers)
+    ]
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+        futures = [pool.submit(_worker, group, dataset, test_dataset, batched) for group in groups]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def _worker(
+    cfgs: list[TrainConfig],
+    dataset: ImageDataset | None,
+    test_dataset: ImageDataset | None,
+    batched: bool | None,
+) -> None:
+    train_ensemble(
+        cfgs, dataset=dataset, test_dataset=test_dataset, batched=batched, workers=1, log=print
+    )
 
 
 def _finished(meta: dict[str, Any] | None) -> bool:
