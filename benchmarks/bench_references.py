@@ -9,6 +9,10 @@ final checkpoints (``checkpoint_every`` = 10), no utility probe. Runs are interl
 (sequential, ensemble, sequential, ...); throughput = M x steps / wall seconds, median of the
 repetitions.
 
+Three sides: ``train_encoder`` one after another (every core's threads), one ensemble process
+(every core's threads), and the audit's way: ``workers=None``, one single-threaded process per core,
+each an ensemble of its share of the members.
+
 Equal results: the largest weight difference between ensemble member 0 and its solo run, next
 to the noise floor of ``train_encoder`` itself (the same run with 1 thread instead of all).
 
@@ -44,7 +48,7 @@ from _common import (
     write_results,
 )
 
-TARGET = 3.0  # ensemble / sequential model-steps per second, mlp, M = 8, 2 cores
+TARGET = 3.0  # audit's training (workers) / sequential model-steps per second, mlp, M = 8, 2 cores
 DATASET = "fashion-mnist"
 
 
@@ -113,7 +117,7 @@ def measure(
     from lpla.ssl.ensemble import train_ensemble
     from lpla.ssl.train import train_encoder
 
-    runs = {"sequential": 0, "ensemble": 0}
+    runs = {"sequential": 0, "ensemble": 0, "workers": 0}
     last: dict[str, list[Path]] = {}
 
     def fresh(kind: str) -> list[Any]:
@@ -129,19 +133,27 @@ def measure(
             fresh("ensemble"), dataset=dataset, log=print, batched=batched
         )
 
+    def workers() -> None:  # the audit's way: one single-threaded process per core
+        last["workers"] = train_ensemble(
+            fresh("workers"), dataset=dataset, log=print, batched=batched, workers=None
+        )
+
     # warm-up (first kornia/vmap calls), one step each, then the timed runs
     warm = configs(work / f"{backbone}-m{size}-warm-up", backbone, 2, 1, members)
     train_encoder(warm[0], dataset=dataset)
     train_ensemble(
         [c.replace(out=c.out + "-e") for c in warm], dataset=dataset, log=print, batched=batched
     )
-    times = interleaved({"sequential": sequential, "ensemble": ensemble}, reps=reps, warmup=0)
+    times = interleaved(
+        {"sequential": sequential, "ensemble": ensemble, "workers": workers}, reps=reps, warmup=0
+    )
     # the noise floor of the solo run itself: member 0 again, with one thread
     solo = configs(work / f"{backbone}-m{size}-one-thread", backbone, 1, steps, members)[0]
     one_thread = train_encoder(solo.replace(threads=1), dataset=dataset)
     setup_threads()  # back to the benchmark's threads
     seq_rate = size * steps / median(times["sequential"])
     ens_rate = size * steps / median(times["ensemble"])
+    work_rate = size * steps / median(times["workers"])
     return {
         "backbone": backbone,
         "ensemble_size": size,
@@ -152,6 +164,12 @@ def measure(
         "sequential_model_steps_per_s": seq_rate,
         "ensemble_model_steps_per_s": ens_rate,
         "ratio_ensemble_over_sequential": ens_rate / seq_rate,
+        "workers_s": times["workers"],
+        "workers_model_steps_per_s": work_rate,
+        "ratio_workers_over_sequential": work_rate / seq_rate,
+        "max_weight_diff_member0_workers": max_difference(
+            last["workers"][0], last["sequential"][0]
+        ),
         "max_weight_diff_member0": max_difference(last["ensemble"][0], last["sequential"][0]),
         "max_loss_curve_rel_diff_member0": loss_difference(
             last["ensemble"][0], last["sequential"][0]
@@ -185,7 +203,7 @@ def main() -> None:
         target = next(
             (r for r in results if r["backbone"] == "mlp" and r["ensemble_size"] == 8), None
         )
-        ratio = None if target is None else target["ratio_ensemble_over_sequential"]
+        ratio = None if target is None else target["ratio_workers_over_sequential"]
         write_results(
             args.out,
             {
@@ -221,6 +239,8 @@ def main() -> None:
             "sequential",
             "ensemble",
             "ratio",
+            "workers",
+            "ratio",
             "max |dw| member 0",
             "1 vs N thr",
         ],
@@ -232,6 +252,8 @@ def main() -> None:
                 r["sequential_model_steps_per_s"],
                 r["ensemble_model_steps_per_s"],
                 r["ratio_ensemble_over_sequential"],
+                r["workers_model_steps_per_s"],
+                r["ratio_workers_over_sequential"],
                 f"{r['max_weight_diff_member0']:.1e}",
                 f"{r['noise_floor_max_weight_diff_threads']:.1e}",
             ]
