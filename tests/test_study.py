@@ -79,3 +79,40 @@ def test_study_cli_dry_run() -> None:
     assert res.exit_code == 0 and "16 cells" in res.output
     bad = CliRunner().invoke(app, ["study", "--preset", "nope", "--dry-run"])
     assert bad.exit_code == 2 and "unknown study preset" in bad.output
+
+
+def test_calibrated_presets_cross_member_sizes_and_epochs() -> None:
+    cpu = PRESETS.get("calibrated-cpu")()
+    cells = dict(cpu.cells())
+    assert len(cells) == 6
+    assert {(c.members, c.target.epochs) for c in cells.values()} == {
+        (n, e) for n in (128, 512, 2048) for e in (100, 500)
+    }
+    assert all(c.reference_models == 8 for c in cells.values())
+    assert "simclr_mlp_n2048_e500_same" in cells
+    for c in cells.values():  # every attack it names exists, and the split fits the pool
+        c.validate()
+    gpu = PRESETS.get("calibrated-gpu")()
+    assert all(c.reference_models >= 16 and c.dataset == "cifar10" for _, c in gpu.cells())
+
+
+def test_calibrated_table_compares_the_two_families() -> None:
+    from lpla.study import calibrated_markdown, per_image
+
+    assert per_image("lpla-rmia-offline") and not per_image("lpla")
+    base = {"cell": "c", "members": 128, "epochs": 500, "reference_models": 8}
+    rows = [
+        base
+        | {"attack": a, "auc": auc, "auc_lo": auc - 0.05, "auc_hi": auc + 0.05}
+        | {"tpr_at_1pct_fpr": t, "tpr_at_1pct_fpr_ci95": [0.0, t + 0.01]}
+        | {"tpr_at_0.1pct_fpr": 0.0, "tpr_at_0.1pct_fpr_ci95": [0.0, 0.01], "n_nonmembers": 1000}
+        for a, auc, t in [
+            ("lpla", 0.61, 0.01),
+            ("encodermi-t", 0.62, 0.02),
+            ("lpla-lira", 0.69, 0.06),
+        ]
+    ]
+    text = "\n".join(calibrated_markdown(rows))
+    assert "| 128 | 500 | 8 | 1000 | lpla-lira | per-image | 0.690 [0.640, 0.740]" in text
+    assert "| c | encodermi-t | 0.020 | 0.620 | lpla-lira | 0.060 | 0.690 |" in text
+    assert calibrated_markdown([{**rows[0], "reference_models": 0}]) == []
