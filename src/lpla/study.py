@@ -111,6 +111,18 @@ def _cpu_quick() -> StudyGrid:
     )
 
 
+#: the paper-scale target recipe (GPU): SimCLR ResNet-18, the paper's CIFAR augmentation
+PAPER_TARGET = EncoderSpec(
+    framework="simclr",
+    backbone="resnet18",
+    epochs=500,
+    batch_size=512,
+    lr=1e-3,
+    augmentation="simclr",
+    crop_scale_min=0.2,
+    jitter=0.4,
+)
+
 #: the attacks of the calibrated studies: population attacks next to per-image ones (the MLP
 #: attacks encodermi-v/-s are left out: fitted on M references x thousands of candidates, they
 #: would cost more than the rest of the study; pass --attacks to add them)
@@ -153,16 +165,7 @@ def _calibrated_cpu() -> StudyGrid:
     "calibrated-gpu", "paper scale: CIFAR-10 ResNet-18, 16 reference encoders, n = 1k/5k/20k (GPU)"
 )
 def _calibrated_gpu() -> StudyGrid:
-    target = EncoderSpec(
-        framework="simclr",
-        backbone="resnet18",
-        epochs=500,
-        batch_size=512,
-        lr=1e-3,
-        augmentation="simclr",
-        crop_scale_min=0.2,
-        jitter=0.4,
-    )
+    target = PAPER_TARGET
     base = AuditConfig(
         dataset="cifar10",
         target=target,
@@ -226,16 +229,7 @@ def _defenses_cpu() -> StudyGrid:
 
 @PRESETS.register("paper", "CIFAR-10 ResNet-18/50, 7 frameworks, hundreds of epochs (GPU)")
 def _paper() -> StudyGrid:
-    target = EncoderSpec(
-        framework="simclr",
-        backbone="resnet18",
-        epochs=500,
-        batch_size=512,
-        lr=1e-3,
-        augmentation="simclr",
-        crop_scale_min=0.2,
-        jitter=0.4,
-    )
+    target = PAPER_TARGET
     base = AuditConfig(
         dataset="cifar10", members=10000, target=target, views=10, device="auto", seeds=3
     )

@@ -459,18 +459,34 @@ def _embed(
             meta={"role": stem},
         )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cache is None:
-        run()
-    else:
-        key = {
+    return _cached(
+        cache,
+        stem,
+        out_file,
+        run,
+        lambda: {
             **encoder.encoder.cache_key(),
             **images_of.source.cache_key(),
             "indices": np.asarray(indices).tolist(),
             "member": np.asarray(member).tolist(),
             "query": settings.cache_key(),
-        }
-        cache.run(f"embed_{stem}", key, [out_file], run)
+        },
+    )
+
+
+def _cached(
+    cache: StageCache | None,
+    stem: str,
+    out_file: Path,
+    run: Callable[[], None],
+    key: Callable[[], dict[str, Any]],
+) -> EmbeddingsFile:
+    """Run one query (as the stage ``embed_<stem>`` when cached) and open what it wrote."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    if cache is None:
+        run()
+    else:
+        cache.run(f"embed_{stem}", key(), [out_file], run)
     return open_embeddings(out_file)
 
 
@@ -508,20 +524,20 @@ def _partcrop(
             meta={"role": stem},
         )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cache is None:
-        run()
-    else:
-        key = {
+    return _cached(
+        cache,
+        stem,
+        out_file,
+        run,
+        lambda: {
             **plan.encoder.cache_key(),
             **plan.source.cache_key(),
             "indices": idx.tolist(),
             "member": flag.tolist(),
             "partcrop": recipe.to_dict(),
             "query": {k: settings.cache_key()[k] for k in ("layer", "seed", "dtype")},
-        }
-        cache.run(f"embed_{stem}", key, [out_file], run)
-    return open_embeddings(out_file)
+        },
+    )
 
 
 AnswerQuery = Callable[

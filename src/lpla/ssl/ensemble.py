@@ -82,6 +82,7 @@ from lpla.ssl.train import (
     learning_rate,
     make_optimizer,
     train_encoder,
+    training_pool,
     training_seed,
 )
 
@@ -394,22 +395,7 @@ def _train_batched(
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
 
-    if dataset is None:
-        from lpla.data.registry import create_dataset
-
-        dataset = create_dataset(
-            cfg.dataset,
-            "train",
-            root=cfg.data_root,
-            download=cfg.download,
-            image_size=cfg.image_size,
-        )
-    image_shape = tuple(int(v) for v in dataset.info.image_shape)
-    if image_shape[1] != image_shape[2]:
-        raise LplaError(
-            f"{cfg.dataset} images are {image_shape[1]}x{image_shape[2]}; "
-            "pass --image-size N to make them square"
-        )
+    dataset, image_shape = training_pool(cfg, dataset)
     splits = [_load_split(c, len(dataset)) for c in cfgs]
     for out, meta, split in zip(outs, saved_metas, splits, strict=True):
         if meta is not None and meta.get("split_fingerprint") != split.fingerprint():

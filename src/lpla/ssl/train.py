@@ -221,6 +221,30 @@ def _parameter_digest(model: nn.Module) -> Tensor:
     return torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8).clone()
 
 
+def training_pool(
+    cfg: TrainConfig, dataset: ImageDataset | None
+) -> tuple[ImageDataset, tuple[int, ...]]:
+    """The pool the members are drawn from (``cfg.dataset``'s train split unless given) and its
+    image shape, which must be square."""
+    if dataset is None:
+        from lpla.data.registry import create_dataset
+
+        dataset = create_dataset(
+            cfg.dataset,
+            "train",
+            root=cfg.data_root,
+            download=cfg.download,
+            image_size=cfg.image_size,
+        )
+    image_shape = tuple(int(v) for v in dataset.info.image_shape)
+    if image_shape[1] != image_shape[2]:
+        raise LplaError(
+            f"{cfg.dataset} images are {image_shape[1]}x{image_shape[2]}; "
+            "pass --image-size N to make them square"
+        )
+    return dataset, image_shape
+
+
 # ---- the loop ----------------------------------------------------------------------------------
 def train_encoder(
     cfg: TrainConfig,
@@ -252,22 +276,7 @@ def train_encoder(
         return out  # the same run is already complete: nothing to do
 
     # data: the members of this encoder, as uint8 images held in memory (on the device)
-    if dataset is None:
-        from lpla.data.registry import create_dataset
-
-        dataset = create_dataset(
-            cfg.dataset,
-            "train",
-            root=cfg.data_root,
-            download=cfg.download,
-            image_size=cfg.image_size,
-        )
-    image_shape = tuple(int(v) for v in dataset.info.image_shape)
-    if image_shape[1] != image_shape[2]:
-        raise LplaError(
-            f"{cfg.dataset} images are {image_shape[1]}x{image_shape[2]}; "
-            "pass --image-size N to make them square"
-        )
+    dataset, image_shape = training_pool(cfg, dataset)
     split = _load_split(cfg, len(dataset))
     if saved_meta is not None and saved_meta.get("split_fingerprint") != split.fingerprint():
         raise LplaError(
