@@ -100,6 +100,10 @@ def test_cli_refuses_reference_models_with_a_given_target(tmp_path: Path) -> Non
     )
     assert res.exit_code == 2
     assert "--reference-models" in res.output and not (tmp_path / "audit-out").exists()
+    res = CliRunner().invoke(
+        app, ["audit", "--target-embeddings", str(tmp_path / "t.npz"), "--defense", "noise:0.5"]
+    )
+    assert res.exit_code == 2 and "--defense" in res.output
 
 
 TINY = {

@@ -228,10 +228,10 @@ def audit_command(
         from lpla.pipeline import GivenInputs
 
         _refuse(
-            "--reference-models trains the references of an audit that trains its target; "
-            "give trained reference encoders as --shadow (or --shadow-embeddings), each with "
-            "its members, instead:",
-            {"--reference-models": reference_models},
+            "with --target or --target-embeddings, lpla neither trains reference encoders (give "
+            "trained ones as --shadow / --shadow-embeddings, each with its members) nor serves "
+            "defended answers (use an audit that trains its target, or --encoder):",
+            {"--reference-models": reference_models, "--defense": defense or None},
         )
 
         inputs = GivenInputs(
