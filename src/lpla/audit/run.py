@@ -341,10 +341,18 @@ def _run_one(
         )
         extra["defenses"] = timed("defenses", lambda: run_defenses(job))
     if keep is not None:
-        extra["reference_models"] = keep.summary() | {
+        design = keep.summary()
+        extra["reference_models"] = design | {
             "keep_file": f"{REFERENCES_DIR}/{KEEP_FILE}",
             "names": [p.name for p in plans[1:]],
         }
+        ins = design["in_per_candidate"]
+        run.results["notes"].append(
+            f"per-image calibration: {design['references']} reference encoders, each trained on "
+            f"{design['members_per_reference']} of the {design['candidates']} candidates (each "
+            f"candidate IN for {ins['min']}-{ins['max']} of them, {REFERENCES_DIR}/{KEEP_FILE}); "
+            "every attack, population and per-image, is fitted on them"
+        )
     if utility is not None:
         extra["utility"] = utility
     extra["timing_s"] = dict(timed)
