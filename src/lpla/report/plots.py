@@ -72,7 +72,8 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def attack_colors(names: Sequence[str]) -> dict[str, str]:
-    """One stable colour per attack (tab10 order), so every plot of a report agrees."""
+    """One stable colour per attack (tab10 order; tab20's light shades after ten attacks, as a
+    run with per-image attacks has eleven), so every plot of a report agrees."""
     palette = [
         "#1f77b4",
         "#ff7f0e",
@@ -84,6 +85,16 @@ def attack_colors(names: Sequence[str]) -> dict[str, str]:
         "#7f7f7f",
         "#bcbd22",
         "#17becf",
+        "#aec7e8",
+        "#ffbb78",
+        "#98df8a",
+        "#ff9896",
+        "#c5b0d5",
+        "#c49c94",
+        "#f7b6d2",
+        "#c7c7c7",
+        "#dbdb8d",
+        "#9edae5",
     ]
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
