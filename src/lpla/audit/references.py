@@ -113,7 +113,7 @@ def train_references(
         if len(todo) < len(cfgs):
             stages.log(f"[reused] {len(cfgs) - len(todo)} finished reference encoder(s)")
         if todo:
-            train_ensemble(todo, log=stages.log, workers=None)
+            train_ensemble(todo, log=stages.log)
 
     stages.run("train_references", key, outputs, train)
     return keep
