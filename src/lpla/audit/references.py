@@ -27,6 +27,9 @@ from lpla.ssl.checkpoint import Checkpoint
 __all__ = ["KEEP_FILE", "REFERENCES_DIR", "keep_matrix", "plan_references", "train_references"]
 
 REFERENCES_DIR = "references"
+#: references trained per ensemble: 8 batched mlps ran 1.36x faster than one after another on 2
+#: CPU cores, 32 (stacked activations out of cache) 0.93x (docs/performance.md §5)
+ENSEMBLE_SIZE = 8
 KEEP_FILE = "keep_matrix.npz"
 
 
@@ -112,8 +115,8 @@ def train_references(
         ]
         if len(todo) < len(cfgs):
             stages.log(f"[reused] {len(cfgs) - len(todo)} finished reference encoder(s)")
-        if todo:
-            train_ensemble(todo, log=stages.log)
+        for start in range(0, len(todo), ENSEMBLE_SIZE):
+            train_ensemble(todo[start : start + ENSEMBLE_SIZE], log=stages.log)
 
     stages.run("train_references", key, outputs, train)
     return keep
