@@ -81,6 +81,7 @@ from lpla.ssl.train import (
     epoch_permutation,
     learning_rate,
     make_optimizer,
+    step_schedule,
     train_encoder,
     training_pool,
     training_seed,
@@ -439,15 +440,7 @@ def _train_batched(
     on_cuda = device.startswith("cuda")
     amp_dtype = _amp_dtype(cfg)
     use_amp = on_cuda and cfg.amp
-    global_batch = min(cfg.batch_size, num_members)
-    if global_batch < 2:
-        raise LplaError(
-            f"{num_members} members over 1 processes leave fewer than 2 "
-            "images per process and step; use more members or fewer --devices"
-        )
-    steps_per_epoch = num_members // global_batch
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    global_batch, steps_per_epoch, total_steps, warmup_steps = step_schedule(cfg, num_members, 1)
 
     # per-member optimizers (solo-built): the format of each member's saved training state
     member_opts = [

@@ -245,6 +245,20 @@ def training_pool(
     return dataset, image_shape
 
 
+def step_schedule(cfg: TrainConfig, num_members: int, world_size: int) -> tuple[int, int, int, int]:
+    """Global batch (a multiple of the processes), steps per epoch, total and warm-up steps."""
+    global_batch = min(cfg.batch_size, num_members)
+    global_batch -= global_batch % world_size
+    if global_batch // world_size < 2:
+        raise LplaError(
+            f"{num_members} members over {world_size} processes leave fewer than 2 "
+            "images per process and step; use more members or fewer --devices"
+        )
+    steps_per_epoch = num_members // global_batch
+    total_steps = steps_per_epoch * cfg.epochs
+    return global_batch, steps_per_epoch, total_steps, round(cfg.warmup_epochs * steps_per_epoch)
+
+
 # ---- the loop ----------------------------------------------------------------------------------
 def train_encoder(
     cfg: TrainConfig,
@@ -322,16 +336,9 @@ def train_encoder(
     )
 
     # batches: a global batch per step, each rank takes its strided share
-    global_batch = min(cfg.batch_size, num_members)
-    global_batch -= global_batch % world_size
-    if global_batch // world_size < 2:
-        raise LplaError(
-            f"{num_members} members over {world_size} processes leave fewer than 2 "
-            "images per process and step; use more members or fewer --devices"
-        )
-    steps_per_epoch = num_members // global_batch
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    global_batch, steps_per_epoch, total_steps, warmup_steps = step_schedule(
+        cfg, num_members, world_size
+    )
 
     counters: dict[str, Any] = {
         "step": 0,
